@@ -1,0 +1,3 @@
+pub mod apps;
+pub mod images;
+pub mod machines;

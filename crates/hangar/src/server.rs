@@ -1,0 +1,196 @@
+//! `hangar server`: wires the store, the image store, the runtime, the agent and the API
+//! together, and serves until SIGTERM. Machines are not children of the server: stopping it
+//! leaves them running, and the next start re-attaches to them.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use hangar_agent::{Agent, AgentConfig};
+use hangar_image::{ImageStore, StoreOptions};
+use hangar_runtime::sandbox::{Sandbox, SandboxConfig};
+use hangar_store::Store;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Where Hangar keeps its state, images and machines
+    /// [default: /var/lib/hangar as root, else $XDG_DATA_HOME/hangar]
+    #[arg(long, env = "HANGAR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address the API listens on
+    #[arg(long, env = "HANGAR_LISTEN", default_value = "127.0.0.1:4280")]
+    listen: SocketAddr,
+    /// API token [default: $HANGAR_API_TOKEN, else generated once and kept in DATA_DIR/token]
+    #[arg(long, env = "HANGAR_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The region this host serves
+    #[arg(long, env = "HANGAR_REGION", default_value = "local")]
+    region: String,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// How machines run
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Sandbox)]
+    runtime: RuntimeKind,
+    /// The static hangar-init binary [default: hangar-init next to this executable]
+    #[arg(long = "init", env = "HANGAR_INIT")]
+    init: Option<PathBuf>,
+    /// The runc binary
+    #[arg(long, env = "HANGAR_RUNC", default_value = "runc")]
+    runc: PathBuf,
+    /// A registry (host[:port]) to reach over plain HTTP; loopback registries always are
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure_registries: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RuntimeKind {
+    Sandbox,
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    validate_region(&args.region)?;
+    // Machines start under the keeper, which reaps them and outlives us. Should the keeper
+    // die, its orphans come to us rather than to a host init that may never reap them.
+    hangar_runtime::become_subreaper()?;
+
+    let data_dir = args.data_dir.unwrap_or_else(hangar_cli::default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", data_dir.display()))?;
+    let token = match args.token.filter(|t| !t.is_empty()) {
+        Some(t) => t,
+        None => load_or_create_token(&data_dir.join("token"))?,
+    };
+
+    let store = Arc::new(
+        Store::open(&data_dir.join("state.db")).context("cannot open the state database")?,
+    );
+    let images = ImageStore::open(
+        data_dir.join("images"),
+        StoreOptions {
+            insecure_registries: args.insecure_registries,
+        },
+    )
+    .context("cannot open the image store")?;
+    let init_path = match args.init {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("cannot locate the hangar executable")?
+            .with_file_name("hangar-init"),
+    };
+    let exe = std::env::current_exe().context("cannot locate the hangar executable")?;
+    let runtime = match args.runtime {
+        RuntimeKind::Sandbox => Sandbox::new(SandboxConfig {
+            state_dir: data_dir.join("sandbox"),
+            init_path,
+            runc: args.runc,
+            keeper: Some(vec![exe.into_os_string(), "keeper".into()]),
+        })?,
+    };
+    let agent = Agent::open(AgentConfig {
+        data_dir: data_dir.clone(),
+        region: args.region.clone(),
+        store,
+        images,
+        runtime: Arc::new(runtime),
+    })
+    .await?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    info!(
+        listen = %args.listen,
+        region = %args.region,
+        data_dir = %data_dir.display(),
+        "Hangar API listening on http://{}",
+        args.listen
+    );
+    axum::serve(listener, hangar_api::router(agent, token))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the API server failed")?;
+    info!("shut down; machines keep running");
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HANGAR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+}
+
+fn validate_region(region: &str) -> anyhow::Result<()> {
+    let ok = !region.is_empty()
+        && region.len() <= 32
+        && region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        bail!("--region {region:?} must be lowercase letters, digits and dashes (e.g. \"local\", \"ams\")");
+    }
+    Ok(())
+}
+
+/// The token in `path`, or a new random one written there readable by the owner only.
+fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let token = hex::encode(rand::random::<[u8; 24]>());
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    info!(path = %path.display(), "generated an API token");
+    Ok(token)
+}
+
+async fn shutdown_signal() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    let mut int = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,114 @@
+//! Runtimes boot machines; the agent decides when.
+//!
+//! A [`Runtime`] turns a [`BootSpec`] (image layers, the launch spec for `hangar-init`, the
+//! resources) into a running, isolated process tree whose PID 1 is `hangar-init`, and hands
+//! back a [`Guest`]: the host side of init's control channel. Everything a runtime creates for
+//! a boot (processes, mounts, cgroups, scratch files) is removed by [`Runtime::teardown`].
+//!
+//! Runtimes hold no state the agent depends on across restarts: a restarted server calls
+//! [`Runtime::attach`] to reconnect to machines that kept running while it was down.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use hangar_proto::LaunchSpec;
+
+pub mod guest;
+pub mod keeper;
+pub mod sandbox;
+
+pub use guest::{ExecOutput, Guest, GuestError};
+pub use sandbox::{become_subreaper, Sandbox, SandboxConfig};
+
+/// What a runtime needs to boot one machine.
+#[derive(Clone, Debug)]
+pub struct BootSpec {
+    pub machine_id: String,
+    /// Unpacked image layers, lowest first, shared read-only by every machine of the image.
+    /// Each boot stacks a fresh, empty writable layer on top (the blank slate).
+    pub layers: Vec<PathBuf>,
+    /// What init runs. The runtime fills in `control` with the channel it provides.
+    pub launch: LaunchSpec,
+    pub resources: Resources,
+    /// The machine's console (its processes' stdout and stderr) is appended here.
+    pub log_path: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resources {
+    pub cpus: u32,
+    pub memory_mb: u32,
+}
+
+/// What was left of a boot when it was torn down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Remains {
+    /// The kernel's OOM killer killed a process of this machine during the boot.
+    pub oom_killed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The host cannot run machines this way (a missing binary, an unusable kernel feature).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The boot failed; nothing of it is left behind.
+    #[error("boot failed: {0}")]
+    Boot(String),
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RuntimeError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        RuntimeError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// `sandbox` or `microvm`.
+    fn kind(&self) -> &'static str;
+
+    /// Boots a machine and returns once init reports the main process running (or already
+    /// exited, or failed to start it). On error, nothing of the boot is left behind.
+    async fn boot(&self, spec: &BootSpec) -> Result<Guest, RuntimeError>;
+
+    /// Reconnects to a machine booted by an earlier server process. `None` when nothing of
+    /// that machine is running any more.
+    async fn attach(&self, machine_id: &str) -> Result<Option<Guest>, RuntimeError>;
+
+    /// Kills whatever is still running of a machine and removes every trace of its boot.
+    /// Idempotent: tearing down a machine that is already gone is not an error.
+    async fn teardown(&self, machine_id: &str) -> Result<Remains, RuntimeError>;
+
+    /// Ids of the machines this runtime has anything of on the host, running or left over.
+    async fn list(&self) -> Result<Vec<String>, RuntimeError>;
+
+    /// Freezes a running machine with its memory kept (Fly's `suspended`): its processes stop
+    /// advancing until [`Runtime::resume`]. The guest handed out by `boot` may stop answering
+    /// while suspended (a microVM's may go away entirely).
+    async fn suspend(&self, machine_id: &str) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unavailable(format!(
+            "the {} runtime cannot suspend machine {machine_id}",
+            self.kind()
+        )))
+    }
+
+    /// Lets a suspended machine go on where it stopped, and returns its guest.
+    async fn resume(&self, machine_id: &str) -> Result<Guest, RuntimeError> {
+        Err(RuntimeError::Unavailable(format!(
+            "the {} runtime cannot resume machine {machine_id}",
+            self.kind()
+        )))
+    }
+}

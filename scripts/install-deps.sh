@@ -1,0 +1,35 @@
+#!/bin/sh
+# Installs what Hangar needs from Debian's packages, only what is missing, so it is cheap to
+# run every time. Needs root (as Hangar itself does).
+set -eu
+
+need=""
+for pkg in runc docker-registry busybox-static ca-certificates; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        need="$need $pkg"
+    fi
+done
+
+if [ -n "$need" ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "Hangar needs these Debian packages:$need (run as root, or install them first)" >&2
+        exit 1
+    fi
+    echo "Installing:$need"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends $need >/dev/null 2>&1 || {
+        apt-get update -qq
+        apt-get install -y --no-install-recommends $need
+    }
+fi
+
+# The Debian package starts a registry service on :5000 on systems with systemd; Hangar's
+# tests run their own registries, so that one is not needed.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
+    systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "Hangar is built with Rust's cargo, which is not on PATH (install it with rustup)" >&2
+    exit 1
+fi
