@@ -24,6 +24,9 @@ pub enum AgentError {
     /// 412: the machine is not in a state that allows this.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// 412 with Fly's `insufficient_capacity` status: the host cannot place the machine.
+    #[error("{0}")]
+    InsufficientCapacity(String),
     /// 408: the deadline passed before the condition held.
     #[error("{0}")]
     Timeout(String),
@@ -46,6 +49,8 @@ impl From<StoreError> for AgentError {
             StoreError::StateChanged { .. } | StoreError::Forbidden { .. } => {
                 AgentError::Conflict(e.to_string())
             }
+            StoreError::StaleVersion { .. } => AgentError::FailedPrecondition(e.to_string()),
+            StoreError::LeaseHeld { .. } => AgentError::Conflict(e.to_string()),
             other => AgentError::Internal(other.to_string()),
         }
     }

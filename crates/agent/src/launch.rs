@@ -8,7 +8,9 @@
 use base64::Engine;
 use hangar_image::ImageConfig;
 use hangar_proto::{FileSpec, LaunchSpec, ProcessSpec};
-use hangar_types::MachineConfig;
+use hangar_types::{FieldRef, MachineConfig};
+
+use crate::secrets::Opened;
 
 /// Who and where the machine is, for Fly's `FLY_*` variables.
 pub(crate) struct Identity<'a> {
@@ -17,6 +19,8 @@ pub(crate) struct Identity<'a> {
     pub region: &'a str,
     pub instance_id: &'a str,
     pub image_ref: &'a str,
+    /// The app's secrets, opened; handed over as variables and files.
+    pub secrets: &'a Opened,
 }
 
 pub(crate) fn launch_spec(
@@ -26,9 +30,9 @@ pub(crate) fn launch_spec(
 ) -> Result<LaunchSpec, String> {
     Ok(LaunchSpec {
         machine_id: who.machine_id.to_string(),
-        hostname: who.machine_id.to_string(),
+        hostname: config.hostname(who.machine_id).to_string(),
         process: process_spec(config, image, who)?,
-        files: files(config)?,
+        files: files(config, who.secrets)?,
         control: String::new(),
     })
 }
@@ -79,6 +83,33 @@ pub(crate) fn process_spec(
     for (k, v) in config.env.iter().chain(process.env.iter()) {
         env.set(k, v);
     }
+    for from in &process.env_from {
+        let value = match from.field_ref {
+            FieldRef::Id => who.machine_id,
+            FieldRef::Version => who.instance_id,
+            FieldRef::AppName => who.app,
+            FieldRef::PrivateIp => "",
+            FieldRef::Region => who.region,
+            FieldRef::Image => who.image_ref,
+        };
+        env.set(&from.env_var, value);
+    }
+    // App secrets come last, as in Fly: a secret overrides a plain variable of its name.
+    if !process.ignore_app_secrets {
+        if process.secrets.is_empty() {
+            for (name, value) in who.secrets {
+                env.set(name, &String::from_utf8_lossy(value));
+            }
+        } else {
+            for s in &process.secrets {
+                let name = s.name.as_deref().unwrap_or(&s.env_var);
+                let value = who.secrets.get(name).ok_or_else(|| {
+                    format!("processes[0].secrets: app secret {name:?} is not set (set it with the secrets API)")
+                })?;
+                env.set(&s.env_var, &String::from_utf8_lossy(value));
+            }
+        }
+    }
 
     Ok(ProcessSpec {
         argv,
@@ -93,7 +124,7 @@ pub(crate) fn process_spec(
     })
 }
 
-fn files(config: &MachineConfig) -> Result<Vec<FileSpec>, String> {
+fn files(config: &MachineConfig, secrets: &Opened) -> Result<Vec<FileSpec>, String> {
     config
         .files
         .iter()
@@ -101,16 +132,25 @@ fn files(config: &MachineConfig) -> Result<Vec<FileSpec>, String> {
             let contents = match (&f.raw_value, &f.secret_name) {
                 (Some(raw), _) => base64::engine::general_purpose::STANDARD
                     .decode(raw)
-                    .map_err(|e| format!("config.files: {}: raw_value is not base64: {e}", f.guest_path))?,
-                (None, Some(name)) => {
-                    return Err(format!(
-                        "config.files: {}: secret {name:?} cannot be used: this installation has no app secrets yet",
+                    .map_err(|e| {
+                        format!(
+                            "config.files: {}: raw_value is not base64: {e}",
+                            f.guest_path
+                        )
+                    })?,
+                (None, Some(name)) => secrets.get(name).cloned().ok_or_else(|| {
+                    format!(
+                        "config.files: {}: app secret {name:?} is not set",
                         f.guest_path
-                    ))
-                }
+                    )
+                })?,
                 (None, None) => Vec::new(),
             };
-            Ok(FileSpec { path: f.guest_path.clone(), contents, mode: f.mode.unwrap_or(0o644) })
+            Ok(FileSpec {
+                path: f.guest_path.clone(),
+                contents,
+                mode: f.mode.unwrap_or(0o644),
+            })
         })
         .collect()
 }
@@ -139,12 +179,15 @@ impl EnvList {
 mod tests {
     use super::*;
 
+    static NO_SECRETS: Opened = Opened::new();
+
     const WHO: Identity<'static> = Identity {
         app: "app",
         machine_id: "0123456789abcd",
         region: "local",
         instance_id: "01JV",
         image_ref: "registry/img:1",
+        secrets: &NO_SECRETS,
     };
 
     fn image() -> ImageConfig {
@@ -267,5 +310,56 @@ mod tests {
         assert_eq!(spec.files[0].contents, b"hi");
         assert_eq!(spec.files[0].mode, 0o600);
         assert_eq!(spec.hostname, "0123456789abcd");
+    }
+
+    #[test]
+    fn secrets_env_from_and_hostname() {
+        let mut secrets = Opened::new();
+        secrets.insert("DB".into(), b"pg://db".to_vec());
+        secrets.insert("TOKEN".into(), b"t0k".to_vec());
+        let who = Identity {
+            secrets: &secrets,
+            ..WHO
+        };
+
+        // All secrets by default, overriding plain variables of the same name.
+        let c = config(
+            r#"{"image":"x","env":{"DB":"plain"},"dns":{"hostname":"web"},
+            "processes":[{"env_from":[{"env_var":"ME","field_ref":"id"},{"env_var":"WHERE","field_ref":"region"}]}],
+            "files":[{"guest_path":"/run/tok","secret_name":"TOKEN"}]}"#,
+        );
+        let spec = launch_spec(&c, &image(), &who).unwrap();
+        assert_eq!(env_of(&spec.process, "DB").as_deref(), Some("pg://db"));
+        assert_eq!(env_of(&spec.process, "TOKEN").as_deref(), Some("t0k"));
+        assert_eq!(
+            env_of(&spec.process, "ME").as_deref(),
+            Some("0123456789abcd")
+        );
+        assert_eq!(env_of(&spec.process, "WHERE").as_deref(), Some("local"));
+        assert_eq!(spec.hostname, "web");
+        assert_eq!(spec.files[0].contents, b"t0k");
+
+        // A mapping picks and renames; ignore_app_secrets drops them all.
+        let c = config(
+            r#"{"image":"x","processes":[{"secrets":[{"env_var":"DATABASE_URL","name":"DB"}]}]}"#,
+        );
+        let p = process_spec(&c, &image(), &who).unwrap();
+        assert_eq!(env_of(&p, "DATABASE_URL").as_deref(), Some("pg://db"));
+        assert_eq!(env_of(&p, "TOKEN"), None);
+        let c = config(r#"{"image":"x","processes":[{"ignore_app_secrets":true}]}"#);
+        assert_eq!(
+            env_of(&process_spec(&c, &image(), &who).unwrap(), "DB"),
+            None
+        );
+
+        // A missing secret is a clear error.
+        let c = config(r#"{"image":"x","processes":[{"secrets":[{"env_var":"NOPE"}]}]}"#);
+        assert!(process_spec(&c, &image(), &who)
+            .unwrap_err()
+            .contains("NOPE"));
+        let c = config(r#"{"image":"x","files":[{"guest_path":"/x","secret_name":"NOPE"}]}"#);
+        assert!(launch_spec(&c, &image(), &who)
+            .unwrap_err()
+            .contains("NOPE"));
     }
 }

@@ -5,7 +5,7 @@
 //! one at a time (see `machine.rs`); flows are durable, so a restarted agent picks up where a
 //! crashed one stopped and re-attaches to machines that kept running.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,19 +15,29 @@ use hangar_proto::{ExecSpec, ProcessSpec};
 use hangar_runtime::Runtime;
 use hangar_store::{AppRecord, MachineRecord, Store, StoreError};
 use hangar_types::{
-    new_instance_id, new_machine_id, valid_app_name, App, AppOrganization, CreateAppRequest,
-    CreateMachineRequest, ExecRequest, ExecResponse, Machine, MachineEvent, MachineState,
-    StopRequest, WaitResponse,
+    new_instance_id, new_machine_id, valid_app_name, App, AppOrganization, CheckStatus,
+    CreateAppRequest, CreateMachineRequest, ExecRequest, ExecResponse, Machine, MachineEvent,
+    MachineState, StopRequest, WaitResponse,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
 
+mod checks;
 mod error;
 mod events;
 mod launch;
+mod leases;
 mod machine;
+mod metadata;
+mod operations;
+mod org;
+mod schedule;
+mod secrets;
 
 pub use error::AgentError;
+pub use metadata::MetadataChange;
+pub use operations::PsSort;
+pub use org::OrgQuery;
 
 use events::{now_ms, rfc3339, Source};
 use machine::Command;
@@ -45,6 +55,18 @@ pub struct AgentConfig {
     pub store: Arc<Store>,
     pub images: ImageStore,
     pub runtime: Arc<dyn Runtime>,
+    /// Memory the machines of this host may use together; `None`: the host's RAM.
+    pub memory_capacity_mb: Option<u64>,
+    /// The length of an hour for `config.schedule` (shorter only in tests).
+    pub schedule_hour: Duration,
+}
+
+/// A wait request: states to wait for and the conditions on them.
+pub struct Wait<'a> {
+    pub states: Vec<WaitFor>,
+    pub version: Option<&'a str>,
+    pub from_event_id: Option<&'a str>,
+    pub timeout: Duration,
 }
 
 /// What `wait` waits for.
@@ -88,6 +110,10 @@ pub(crate) struct Inner {
     actors: Mutex<HashMap<String, mpsc::UnboundedSender<Command>>>,
     /// Ids of machines whose state just changed, for waiters.
     changes: broadcast::Sender<String>,
+    sealer: secrets::Sealer,
+    /// Latest health-check results of started machines, by machine id then check name.
+    checks: Mutex<HashMap<String, BTreeMap<String, CheckStatus>>>,
+    memory_capacity_mb: u64,
 }
 
 impl Inner {
@@ -105,6 +131,90 @@ impl Inner {
     pub(crate) fn log_path(&self, machine_id: &str) -> PathBuf {
         self.logs_dir.join(format!("{machine_id}.log"))
     }
+
+    /// Sends a command to a machine's actor without waiting for the answer.
+    pub(crate) fn send(&self, machine_id: &str, cmd: Command) {
+        let actors = self.actors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(actor) = actors.get(machine_id) {
+            let _ = actor.send(cmd);
+        }
+    }
+
+    /// Starts the stopped machines that stand by for `machine_id` (`config.standbys`).
+    pub(crate) fn wake_standbys(&self, machine_id: &str) {
+        let Ok(machines) = self.store.live_machines() else {
+            return;
+        };
+        for m in machines {
+            if m.config.standbys.iter().any(|s| s == machine_id)
+                && matches!(m.state, MachineState::Stopped | MachineState::Created)
+            {
+                info!(machine = %m.id, standby_for = machine_id, "starting a standby");
+                let (reply, _) = oneshot::channel();
+                self.send(&m.id, Command::Start { reply });
+            }
+        }
+    }
+
+    pub(crate) fn set_check(&self, machine_id: &str, status: CheckStatus) {
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(machine_id.to_string())
+            .or_default()
+            .insert(status.name.clone(), status);
+    }
+
+    pub(crate) fn clear_checks(&self, machine_id: &str) {
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(machine_id);
+    }
+
+    fn checks_of(&self, machine_id: &str) -> Vec<CheckStatus> {
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(machine_id)
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Placement on this host: refuses a boot that would take the machines' memory past the
+    /// host's capacity (Fly's `insufficient_capacity`).
+    pub(crate) fn admit(&self, rec: &MachineRecord) -> Result<(), AgentError> {
+        let wanted = u64::from(rec.config.effective_guest().memory_mb);
+        let in_use: u64 = self
+            .store
+            .live_machines()?
+            .iter()
+            .filter(|m| m.id != rec.id && m.state.holds_resources())
+            .map(|m| u64::from(m.config.effective_guest().memory_mb))
+            .sum();
+        if in_use + wanted > self.memory_capacity_mb {
+            return Err(AgentError::InsufficientCapacity(format!(
+                "insufficient memory available to fulfill request: machine {} needs {wanted} MB and this host has {} of {} MB left",
+                rec.id,
+                self.memory_capacity_mb.saturating_sub(in_use),
+                self.memory_capacity_mb
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The host's RAM in MB, from /proc/meminfo.
+fn host_memory_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(u64::MAX / 2)
 }
 
 impl Agent {
@@ -116,6 +226,7 @@ impl Agent {
             AgentError::Internal(format!("cannot create {}: {e}", logs_dir.display()))
         })?;
         let (changes, _) = broadcast::channel(1024);
+        let sealer = secrets::Sealer::open(&config.data_dir)?;
         let inner = Arc::new(Inner {
             store: config.store,
             images: config.images,
@@ -124,6 +235,9 @@ impl Agent {
             logs_dir,
             actors: Mutex::new(HashMap::new()),
             changes,
+            sealer,
+            checks: Mutex::new(HashMap::new()),
+            memory_capacity_mb: config.memory_capacity_mb.unwrap_or_else(host_memory_mb),
         });
 
         let live = inner.store.live_machines()?;
@@ -148,6 +262,7 @@ impl Agent {
                 );
             }
         }
+        tokio::spawn(schedule::run(inner.clone(), config.schedule_hour));
         info!(
             machines = live.len(),
             runtime = inner.runtime.kind(),
@@ -258,6 +373,10 @@ impl Agent {
         req: CreateMachineRequest,
     ) -> Result<Machine, AgentError> {
         let app_rec = self.app_record(app)?;
+        self.require_secrets_version(app, req.min_secrets_version)?;
+        if let Some(ttl) = req.lease_ttl {
+            leases::valid_ttl(ttl)?;
+        }
         let config = req.config;
         config
             .validate()
@@ -284,19 +403,21 @@ impl Agent {
                 valid_machine_name(&n)?;
                 n
             }
-            None => generated_name(),
+            None => self.unused_name(app)?,
         };
 
         let image = self.inner.images.pull(&config.image).await?;
         let id = new_machine_id();
         let instance_id = new_instance_id();
         // Refuse now what could never boot, rather than record a machine doomed to fail.
+        let secrets = self.inner.secrets_for(app)?;
         let who = launch::Identity {
             app,
             machine_id: &id,
             region: &self.inner.region,
             instance_id: &instance_id,
             image_ref: &image.reference,
+            secrets: &secrets,
         };
         launch::launch_spec(&config, &image.config, &who).map_err(AgentError::InvalidArgument)?;
 
@@ -316,6 +437,9 @@ impl Agent {
             created_at_ms: now,
             updated_at_ms: now,
         };
+        if !req.skip_launch {
+            self.inner.admit(&record)?;
+        }
         let launch_event = events::event("launch", MachineState::Created, Source::User);
         self.inner
             .store
@@ -337,16 +461,38 @@ impl Agent {
                 machine::spawn(self.inner.clone(), id.clone(), false),
             );
         self.inner.notify(&id);
+        let nonce = match req.lease_ttl {
+            Some(ttl) => Some(self.acquire_lease(app, &id, None, Some(ttl), None)?.nonce),
+            None => None,
+        };
         if !req.skip_launch {
             self.command(&id, |reply| Command::Start { reply }).await?;
         }
-        self.get_machine(app, &id)
+        let mut machine = self.get_machine(app, &id)?;
+        machine.nonce = nonce;
+        Ok(machine)
+    }
+
+    /// A generated name no live machine of the app has yet.
+    fn unused_name(&self, app: &str) -> Result<String, AgentError> {
+        let taken: std::collections::HashSet<String> = self
+            .inner
+            .store
+            .list_machines(app, false)?
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        Ok((0..20)
+            .map(|_| generated_name())
+            .find(|n| !taken.contains(n))
+            .unwrap_or_else(|| format!("machine-{}", new_machine_id())))
     }
 
     pub fn get_machine(&self, app: &str, id: &str) -> Result<Machine, AgentError> {
         let rec = self.machine_record(app, id)?;
         let events = self.inner.store.events(id, INLINE_EVENTS)?;
-        Ok(to_api(rec, events))
+        let checks = self.inner.checks_of(id);
+        Ok(to_api(rec, events, checks))
     }
 
     pub fn list_machines(
@@ -365,20 +511,29 @@ impl Agent {
             {
                 continue;
             }
-            let events = if summary {
-                Vec::new()
+            let (events, checks) = if summary {
+                (Vec::new(), Vec::new())
             } else {
-                self.inner.store.events(&rec.id, INLINE_EVENTS)?
+                (
+                    self.inner.store.events(&rec.id, INLINE_EVENTS)?,
+                    self.inner.checks_of(&rec.id),
+                )
             };
-            out.push(to_api(rec, events));
+            out.push(to_api(rec, events, checks));
         }
         Ok(out)
     }
 
     /// Starts a machine; returns its state before the start. The boot continues after this
     /// returns: `wait` for `started`.
-    pub async fn start_machine(&self, app: &str, id: &str) -> Result<MachineState, AgentError> {
+    pub async fn start_machine(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> Result<MachineState, AgentError> {
         self.machine_record(app, id)?;
+        self.check_lease(id, nonce)?;
         self.command(id, |reply| Command::Start { reply }).await
     }
 
@@ -389,8 +544,10 @@ impl Agent {
         app: &str,
         id: &str,
         req: StopRequest,
+        nonce: Option<&str>,
     ) -> Result<(), AgentError> {
         self.machine_record(app, id)?;
+        self.check_lease(id, nonce)?;
         let timeout = req.timeout.map(|d| d.0);
         self.command(id, |reply| Command::Stop {
             signal: req.signal,
@@ -406,8 +563,10 @@ impl Agent {
         app: &str,
         id: &str,
         force: bool,
+        nonce: Option<&str>,
     ) -> Result<(), AgentError> {
         let rec = self.machine_record(app, id)?;
+        self.check_lease(id, nonce)?;
         if rec.state == MachineState::Destroyed {
             return Err(AgentError::FailedPrecondition(format!(
                 "machine {id} is already destroyed"
@@ -418,39 +577,55 @@ impl Agent {
     }
 
     /// Waits until the machine reaches one of `states`, up to `timeout` (at most 60 s).
+    /// With `version`, the wait is for that version of the machine; with `from_event_id`,
+    /// only a state reached after that event counts.
     pub async fn wait_machine(
         &self,
         app: &str,
         id: &str,
-        states: &[WaitFor],
-        version: Option<&str>,
-        timeout: Duration,
+        w: Wait<'_>,
     ) -> Result<WaitResponse, AgentError> {
+        let waits_for_stop = w
+            .states
+            .iter()
+            .any(|s| *s == WaitFor::State(MachineState::Stopped));
+        if waits_for_stop && w.version.is_none() {
+            return Err(AgentError::InvalidArgument(
+                "version: waiting for the stopped state needs the machine version (instance_id)"
+                    .into(),
+            ));
+        }
         let mut changes = self.inner.changes.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout.min(MAX_WAIT);
+        let deadline = tokio::time::Instant::now() + w.timeout.min(MAX_WAIT);
         loop {
             let rec = self.machine_record(app, id)?;
-            if let Some(v) = version {
+            if let Some(v) = w.version {
                 if v != rec.instance_id {
-                    return Err(AgentError::InvalidArgument(format!(
-                        "machine {id} has no version {v:?} (its version is {})",
-                        rec.instance_id
-                    )));
+                    let known = self
+                        .inner
+                        .store
+                        .versions(id)?
+                        .iter()
+                        .any(|old| old.instance_id == v);
+                    return Err(AgentError::InvalidArgument(if known {
+                        format!(
+                            "machine {id} version {v} is currently replaced by version {}",
+                            rec.instance_id
+                        )
+                    } else {
+                        format!(
+                            "machine {id} has no version {v:?} (its version is {})",
+                            rec.instance_id
+                        )
+                    }));
                 }
             }
-            if states.iter().any(|w| w.matches(rec.state)) {
-                let event_id = self
-                    .inner
-                    .store
-                    .events(id, 1)?
-                    .into_iter()
-                    .next()
-                    .map(|e| e.id);
+            if let Some(reached) = self.reached(id, &rec, &w)? {
                 return Ok(WaitResponse {
                     ok: true,
-                    state: rec.state,
+                    state: reached.0,
                     version: Some(rec.instance_id),
-                    event_id,
+                    event_id: reached.1,
                 });
             }
             loop {
@@ -466,6 +641,42 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// The state a wait was for and the event that brought it, when it has been reached.
+    fn reached(
+        &self,
+        id: &str,
+        rec: &MachineRecord,
+        w: &Wait<'_>,
+    ) -> Result<Option<(MachineState, Option<String>)>, AgentError> {
+        let Some(after) = w.from_event_id else {
+            if !w.states.iter().any(|s| s.matches(rec.state)) {
+                return Ok(None);
+            }
+            let event_id = self
+                .inner
+                .store
+                .events(id, 1)?
+                .into_iter()
+                .next()
+                .map(|e| e.id);
+            return Ok(Some((rec.state, event_id)));
+        };
+        // Events newest first: those before `after` in the list happened after it.
+        let events = self.inner.store.events(id, 500)?;
+        let Some(pos) = events.iter().position(|e| e.id == after) else {
+            return Err(AgentError::InvalidArgument(format!(
+                "from_event_id: machine {id} has no recent event {after:?}"
+            )));
+        };
+        Ok(events[..pos].iter().rev().find_map(|e| {
+            let state = MachineState::parse(&e.status)?;
+            w.states
+                .iter()
+                .any(|s| s.matches(state))
+                .then(|| (state, Some(e.id.clone())))
+        }))
     }
 
     /// A machine's events, newest first.
@@ -565,7 +776,7 @@ impl Agent {
     }
 }
 
-fn to_api(rec: MachineRecord, events: Vec<MachineEvent>) -> Machine {
+fn to_api(rec: MachineRecord, events: Vec<MachineEvent>, checks: Vec<CheckStatus>) -> Machine {
     Machine {
         version: rec.instance_id.clone(),
         instance_id: rec.instance_id,
@@ -579,7 +790,7 @@ fn to_api(rec: MachineRecord, events: Vec<MachineEvent>) -> Machine {
         created_at: rfc3339(rec.created_at_ms),
         updated_at: rfc3339(rec.updated_at_ms),
         events,
-        checks: Vec::new(),
+        checks,
         host_status: "ok".into(),
         nonce: None,
         cordoned: rec.cordoned,

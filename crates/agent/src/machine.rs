@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hangar_proto::{ExecSpec, ExitStatus, MainProcess};
-use hangar_runtime::{BootSpec, ExecOutput, Guest, GuestError, Resources};
-use hangar_store::{FlowChange, MachineRecord, Transition};
-use hangar_types::{MachineState, RestartPolicy, Signal};
+use hangar_runtime::{BootSpec, ExecOutput, Guest, GuestError, Remains, Resources};
+use hangar_store::{FlowChange, MachineRecord, NewVersion, Transition};
+use hangar_types::{ImageRef, MachineConfig, MachineState, RestartPolicy, Signal};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout, Instant};
@@ -33,14 +33,44 @@ pub(crate) enum Command {
         timeout: Option<Duration>,
         reply: oneshot::Sender<Result<(), AgentError>>,
     },
+    /// A restart the user asked for: stop (gracefully unless `force`), then boot again.
+    Restart {
+        signal: Option<Signal>,
+        timeout: Option<Duration>,
+        force: bool,
+        reply: oneshot::Sender<Result<(), AgentError>>,
+    },
+    Signal {
+        signal: Signal,
+        reply: oneshot::Sender<Result<(), AgentError>>,
+    },
+    Suspend {
+        reply: oneshot::Sender<Result<(), AgentError>>,
+    },
+    /// Replaces the machine's config with a new version; answers once it is recorded.
+    Update {
+        version: Box<PendingVersion>,
+        skip_launch: bool,
+        reply: oneshot::Sender<Result<(), AgentError>>,
+    },
     Destroy {
         force: bool,
         reply: oneshot::Sender<Result<(), AgentError>>,
     },
-    /// Hands out the running guest, for execs (which then run outside the actor).
+    /// Hands out the running guest, for execs and ps (which then run outside the actor).
     Guest {
         reply: oneshot::Sender<Result<Guest, AgentError>>,
     },
+}
+
+/// A config version an update is about to install.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct PendingVersion {
+    pub instance_id: String,
+    pub config: MachineConfig,
+    pub image_ref: ImageRef,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// The operation under way, as recorded in the store.
@@ -48,8 +78,28 @@ pub(crate) enum Command {
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Flow {
     Start,
-    Stop { signal: i32, timeout_ms: u64 },
+    /// A start of a suspended machine: resume it, else boot it afresh.
+    Resume,
+    Stop {
+        signal: i32,
+        timeout_ms: u64,
+    },
+    /// An automatic restart after the process exited (the restart policy).
     Restart,
+    /// A restart the user asked for.
+    UserRestart {
+        signal: i32,
+        timeout_ms: u64,
+    },
+    Suspend,
+    Update {
+        version: Box<PendingVersion>,
+        skip_launch: bool,
+        /// Where the machine was when the update began (`created` stays `created`).
+        from: MachineState,
+        signal: i32,
+        timeout_ms: u64,
+    },
     Destroy,
 }
 
@@ -63,6 +113,8 @@ pub(crate) struct MachineActor {
     inner: Arc<Inner>,
     id: String,
     guest: Option<Guest>,
+    /// Runs the machine's health checks while it is started.
+    checks: Option<tokio::task::JoinHandle<()>>,
     /// When set, the machine is `restarting` and boots again at this instant.
     restart_at: Option<Instant>,
 }
@@ -78,10 +130,19 @@ pub(crate) fn spawn(
         inner,
         id,
         guest: None,
+        checks: None,
         restart_at: None,
     };
     tokio::spawn(actor.run(rx, recover).instrument(span));
     tx
+}
+
+type Reply<T> = oneshot::Sender<Result<T, AgentError>>;
+
+fn precondition<T>(id: &str, state: MachineState, what: &str) -> Result<T, AgentError> {
+    Err(AgentError::FailedPrecondition(format!(
+        "machine {id} is {state} and cannot be {what}"
+    )))
 }
 
 impl MachineActor {
@@ -115,13 +176,14 @@ impl MachineActor {
                     }
                     None => break,
                 },
-                res = exited => self.on_exit(res, false).await,
+                res = exited => self.on_exit(res).await,
                 _ = restart_due => {
                     self.restart_at = None;
                     self.boot_from(Restarting, Source::Host).await;
                 }
             }
         }
+        self.set_guest(None);
         self.inner.forget_actor(&self.id);
     }
 
@@ -141,124 +203,113 @@ impl MachineActor {
         flow: FlowChange,
         restart_count: Option<u32>,
     ) -> Result<MachineRecord, AgentError> {
-        let rec = self.inner.store.transition(
-            &self.id,
-            Transition {
-                from,
-                to,
-                events,
-                flow,
-                restart_count,
-                version: None,
-            },
-        )?;
+        self.apply(Transition {
+            from,
+            to,
+            events,
+            flow,
+            restart_count,
+            version: None,
+        })
+    }
+
+    fn apply(&self, t: Transition<'_>) -> Result<MachineRecord, AgentError> {
+        let to = t.to;
+        let rec = self.inner.store.transition(&self.id, t)?;
         self.inner.notify(&self.id);
+        if matches!(to, Failed) {
+            self.inner.wake_standbys(&self.id);
+        }
         Ok(rec)
     }
 
-    async fn handle(&mut self, cmd: Command) -> std::ops::ControlFlow<()> {
-        match cmd {
-            Command::Start { reply } => {
-                let rec = match self.record() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return std::ops::ControlFlow::Continue(());
-                    }
-                };
-                let prev = rec.state;
-                match prev {
-                    Started | Starting => {
-                        let _ = reply.send(Ok(prev));
-                    }
-                    Created | Stopped | Failed | Restarting => {
-                        self.restart_at = None;
-                        let event = events::event("start", Starting, Source::User);
-                        match self.transition(
-                            prev,
-                            Starting,
-                            &[event],
-                            Flow::Start.record(),
-                            Some(0),
-                        ) {
-                            Ok(_) => {
-                                let _ = reply.send(Ok(prev));
-                                self.boot().await;
-                            }
-                            Err(e) => {
-                                let _ = reply.send(Err(e));
-                            }
-                        }
-                    }
-                    other => {
-                        let _ = reply.send(Err(AgentError::FailedPrecondition(format!(
-                            "machine {} is {other} and cannot be started",
-                            self.id
-                        ))));
-                    }
-                }
+    /// The guest of the running boot; health checks run exactly while there is one.
+    fn set_guest(&mut self, guest: Option<Guest>) {
+        if let Some(task) = self.checks.take() {
+            task.abort();
+        }
+        self.inner.clear_checks(&self.id);
+        if let Some(g) = &guest {
+            if let Ok(rec) = self.record() {
+                self.checks = crate::checks::spawn(self.inner.clone(), &rec, g.clone());
             }
+        }
+        self.guest = guest;
+    }
+
+    async fn handle(&mut self, cmd: Command) -> std::ops::ControlFlow<()> {
+        let rec = match self.record() {
+            Ok(r) => r,
+            Err(e) => {
+                cmd.fail(e);
+                return std::ops::ControlFlow::Continue(());
+            }
+        };
+        match cmd {
+            Command::Start { reply } => self.start(rec, reply).await,
             Command::Stop {
                 signal,
                 timeout,
                 reply,
             } => {
-                let rec = match self.record() {
-                    Ok(r) => r,
+                let signal = signal.unwrap_or_else(|| rec.config.stop_signal());
+                let grace = timeout.unwrap_or_else(|| rec.config.stop_timeout());
+                self.stop_cmd(rec, signal, grace, reply).await
+            }
+            Command::Restart {
+                signal,
+                timeout,
+                force,
+                reply,
+            } => {
+                if rec.state != Started {
+                    let _ = reply.send(precondition(
+                        &self.id,
+                        rec.state,
+                        "restarted (start it instead)",
+                    ));
+                    return std::ops::ControlFlow::Continue(());
+                }
+                let signal = if force {
+                    Signal::KILL
+                } else {
+                    signal.unwrap_or_else(|| rec.config.stop_signal())
+                };
+                let grace = timeout.unwrap_or_else(|| rec.config.stop_timeout());
+                let flow = Flow::UserRestart {
+                    signal: signal.number(),
+                    timeout_ms: grace.as_millis() as u64,
+                };
+                let event = events::event("restart", Restarting, Source::User);
+                match self.transition(Started, Restarting, &[event], flow.record(), Some(0)) {
+                    Ok(_) => {
+                        let _ = reply.send(Ok(()));
+                        self.user_restart(signal, grace).await;
+                    }
                     Err(e) => {
                         let _ = reply.send(Err(e));
-                        return std::ops::ControlFlow::Continue(());
-                    }
-                };
-                let signal = signal.unwrap_or_else(|| rec.config.stop_signal());
-                let timeout = timeout.unwrap_or_else(|| rec.config.stop_timeout());
-                match rec.state {
-                    Started => {
-                        let flow = Flow::Stop {
-                            signal: signal.number(),
-                            timeout_ms: timeout.as_millis() as u64,
-                        };
-                        let event = events::event("stop", Stopping, Source::User);
-                        match self.transition(Started, Stopping, &[event], flow.record(), None) {
-                            Ok(_) => {
-                                let _ = reply.send(Ok(()));
-                                self.stop(signal, timeout).await;
-                            }
-                            Err(e) => {
-                                let _ = reply.send(Err(e));
-                            }
-                        }
-                    }
-                    Restarting => {
-                        self.restart_at = None;
-                        let event = events::event("stop", Stopped, Source::User);
-                        let res =
-                            self.transition(Restarting, Stopped, &[event], FlowChange::Clear, None);
-                        let _ = reply.send(res.map(|_| ()));
-                    }
-                    // Already down: stopping is a no-op, as in Fly.
-                    Created | Stopped | Failed | Stopping => {
-                        let _ = reply.send(Ok(()));
-                    }
-                    other => {
-                        let _ = reply.send(Err(AgentError::FailedPrecondition(format!(
-                            "machine {} is {other} and cannot be stopped",
-                            self.id
-                        ))));
                     }
                 }
             }
-            Command::Destroy { force, reply } => {
-                let rec = match self.record() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return std::ops::ControlFlow::Continue(());
-                    }
+            Command::Signal { signal, reply } => {
+                let res = match (&self.guest, rec.state) {
+                    (Some(g), Started) => g.signal(signal.number()).await.map_err(|e| {
+                        AgentError::Unavailable(format!("the machine did not take the signal: {e}"))
+                    }),
+                    (_, state) => precondition(&self.id, state, "signalled (it is not running)"),
                 };
+                let _ = reply.send(res);
+            }
+            Command::Suspend { reply } => self.suspend_cmd(rec, reply).await,
+            Command::Update {
+                version,
+                skip_launch,
+                reply,
+            } => self.update_cmd(rec, version, skip_launch, reply).await,
+            Command::Destroy { force, reply } => {
                 match rec.state {
-                    Created | Stopped | Failed => {}
-                    Started | Starting | Stopping | Restarting if force => {}
+                    Created | Stopped | Failed | Suspended => {}
+                    Started | Starting | Stopping | Restarting | Suspending if force => {}
                     Destroyed | Destroying => {
                         let _ = reply.send(Err(AgentError::FailedPrecondition(format!(
                             "machine {} is already destroyed",
@@ -290,13 +341,12 @@ impl MachineActor {
                 return std::ops::ControlFlow::Break(());
             }
             Command::Guest { reply } => {
-                let res = match (&self.guest, self.record()) {
-                    (Some(g), Ok(rec)) if rec.state == Started => Ok(g.clone()),
-                    (_, Ok(rec)) => Err(AgentError::FailedPrecondition(format!(
-                        "machine {} is {}: exec needs a started machine",
+                let res = match &self.guest {
+                    Some(g) if rec.state == Started => Ok(g.clone()),
+                    _ => Err(AgentError::FailedPrecondition(format!(
+                        "machine {} is {}: this needs a started machine",
                         self.id, rec.state
                     ))),
-                    (_, Err(e)) => Err(e),
                 };
                 let _ = reply.send(res);
             }
@@ -304,17 +354,248 @@ impl MachineActor {
         std::ops::ControlFlow::Continue(())
     }
 
-    /// Boots a machine that is `starting`, recording `started` or `failed`.
-    async fn boot(&mut self) {
-        match self.try_boot().await {
+    async fn start(&mut self, rec: MachineRecord, reply: Reply<MachineState>) {
+        let prev = rec.state;
+        let flow = match prev {
+            Started | Starting => {
+                let _ = reply.send(Ok(prev));
+                return;
+            }
+            Suspended => Flow::Resume,
+            Created | Stopped | Failed | Restarting => Flow::Start,
+            other => {
+                let _ = reply.send(precondition(&self.id, other, "started"));
+                return;
+            }
+        };
+        if let Err(e) = self.inner.admit(&rec) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        self.restart_at = None;
+        let event = events::event("start", Starting, Source::User);
+        match self.transition(prev, Starting, &[event], flow.record(), Some(0)) {
+            Ok(_) => {
+                let _ = reply.send(Ok(prev));
+                self.boot(matches!(flow, Flow::Resume)).await;
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    async fn stop_cmd(
+        &mut self,
+        rec: MachineRecord,
+        signal: Signal,
+        grace: Duration,
+        reply: Reply<()>,
+    ) {
+        match rec.state {
+            Started => {
+                let flow = Flow::Stop {
+                    signal: signal.number(),
+                    timeout_ms: grace.as_millis() as u64,
+                };
+                let event = events::event("stop", Stopping, Source::User);
+                match self.transition(Started, Stopping, &[event], flow.record(), None) {
+                    Ok(_) => {
+                        let _ = reply.send(Ok(()));
+                        self.stop(signal, grace).await;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Restarting | Suspended => {
+                // Nothing runs (or it is frozen): drop what is left and record the stop.
+                self.restart_at = None;
+                let _ = self.inner.runtime.teardown(&self.id).await;
+                let event = events::event("stop", Stopped, Source::User);
+                let res = self.transition(rec.state, Stopped, &[event], FlowChange::Clear, None);
+                let _ = reply.send(res.map(|_| ()));
+            }
+            // Already down: stopping is a no-op, as in Fly.
+            Created | Stopped | Failed | Stopping => {
+                let _ = reply.send(Ok(()));
+            }
+            other => {
+                let _ = reply.send(precondition(&self.id, other, "stopped"));
+            }
+        }
+    }
+
+    async fn suspend_cmd(&mut self, rec: MachineRecord, reply: Reply<()>) {
+        match rec.state {
+            Suspended | Suspending => {
+                let _ = reply.send(Ok(()));
+                return;
+            }
+            Started => {}
+            other => {
+                let _ = reply.send(precondition(&self.id, other, "suspended"));
+                return;
+            }
+        }
+        let event = events::event("suspend", Suspending, Source::User);
+        if let Err(e) = self.transition(Started, Suspending, &[event], Flow::Suspend.record(), None)
+        {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let _ = reply.send(Ok(()));
+        self.suspend().await;
+    }
+
+    /// Freezes the machine; when the runtime cannot, stops it instead, as Fly does.
+    async fn suspend(&mut self) {
+        match self.inner.runtime.suspend(&self.id).await {
+            Ok(()) => {
+                self.set_guest(None);
+                let event = events::event("suspend", Suspended, Source::Host);
+                if let Err(e) =
+                    self.transition(Suspending, Suspended, &[event], FlowChange::Clear, None)
+                {
+                    warn!(error = %e, "could not record the suspend");
+                }
+                info!("suspended");
+            }
+            Err(e) => {
+                warn!(error = %e, "suspend failed; stopping the machine instead");
+                let rec = self.record().ok();
+                let (signal, grace) = rec
+                    .map(|r| (r.config.stop_signal(), r.config.stop_timeout()))
+                    .unwrap_or((Signal::TERM, Duration::from_secs(5)));
+                let (status, remains) = self.halt(signal, grace).await;
+                self.record_exit(status, remains, true).await;
+            }
+        }
+    }
+
+    async fn update_cmd(
+        &mut self,
+        rec: MachineRecord,
+        version: Box<PendingVersion>,
+        skip_launch: bool,
+        reply: Reply<()>,
+    ) {
+        match rec.state {
+            Created | Stopped | Failed | Started | Suspended | Restarting => {}
+            other => {
+                let _ = reply.send(precondition(
+                    &self.id,
+                    other,
+                    "updated now; wait for it to settle",
+                ));
+                return;
+            }
+        }
+        if !skip_launch {
+            let mut next = rec.clone();
+            next.config = version.config.clone();
+            if let Err(e) = self.inner.admit(&next) {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        }
+        self.restart_at = None;
+        let flow = Flow::Update {
+            version,
+            skip_launch,
+            from: rec.state,
+            signal: rec.config.stop_signal().number(),
+            timeout_ms: rec.config.stop_timeout().as_millis() as u64,
+        };
+        let event = events::event("update", Updating, Source::User);
+        if let Err(e) = self.transition(rec.state, Updating, &[event], flow.record(), Some(0)) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let res = self.update(flow).await;
+        let _ = reply.send(res);
+    }
+
+    /// Carries out a recorded update: end the old version, record the new one, boot it.
+    async fn update(&mut self, flow: Flow) -> Result<(), AgentError> {
+        let Flow::Update {
+            version,
+            skip_launch,
+            from,
+            signal,
+            timeout_ms,
+        } = flow
+        else {
+            return Err(AgentError::Internal("not an update".into()));
+        };
+        if self.guest.is_some() {
+            let signal = Signal::from_number(signal).unwrap_or(Signal::TERM);
+            let (status, remains) = self.halt(signal, Duration::from_millis(timeout_ms)).await;
+            let exit = events::exit(&status, Updating, remains.oom_killed, true, 0);
+            let _ = self.inner.store.append_event(&self.id, &exit);
+        } else {
+            let _ = self.inner.runtime.teardown(&self.id).await;
+        }
+        let to = match (skip_launch, from) {
+            (false, _) => Starting,
+            (true, Created) => Created,
+            (true, _) => Stopped,
+        };
+        let event = events::event("update", to, Source::Host);
+        let flow = if to == Starting {
+            Flow::Start.record()
+        } else {
+            FlowChange::Clear
+        };
+        self.apply(Transition {
+            from: Updating,
+            to,
+            events: &[event],
+            flow,
+            restart_count: Some(0),
+            version: Some(NewVersion {
+                instance_id: &version.instance_id,
+                config: &version.config,
+                image_ref: &version.image_ref,
+                name: version.name.as_deref(),
+            }),
+        })?;
+        info!(version = %version.instance_id, %to, "updated");
+        if to == Starting {
+            self.boot(false).await;
+        }
+        Ok(())
+    }
+
+    /// Boots a machine that is `starting`, recording `started` or `failed`. A suspended
+    /// machine is resumed when the runtime still has it, else booted afresh.
+    async fn boot(&mut self, resume: bool) {
+        let resumed = if resume {
+            match self.inner.runtime.resume(&self.id).await {
+                Ok(guest) => Some(guest),
+                Err(e) => {
+                    warn!(error = %e, "could not resume; booting afresh");
+                    let _ = self.inner.runtime.teardown(&self.id).await;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let booted = match resumed {
+            Some(g) => Ok(g),
+            None => self.try_boot().await,
+        };
+        match booted {
             Ok(guest) => {
                 let event = events::event("start", Started, Source::Host);
                 match self.transition(Starting, Started, &[event], FlowChange::Clear, None) {
                     Ok(_) => {
                         if let MainProcess::Running { pid, .. } = guest.main() {
-                            info!(pid, "started");
+                            info!(pid, resume, "started");
                         }
-                        self.guest = Some(guest);
+                        self.set_guest(Some(guest));
                     }
                     Err(e) => {
                         // Someone else moved the machine on (cannot happen while we are its
@@ -340,7 +621,7 @@ impl MachineActor {
     async fn boot_from(&mut self, from: MachineState, source: Source) {
         let event = events::event("start", Starting, source);
         match self.transition(from, Starting, &[event], Flow::Start.record(), None) {
-            Ok(_) => self.boot().await,
+            Ok(_) => self.boot(false).await,
             Err(e) => warn!(error = %e, "could not begin the restart"),
         }
     }
@@ -366,12 +647,17 @@ impl MachineActor {
             "{}/{}:{}",
             rec.image_ref.registry, rec.image_ref.repository, rec.image_ref.tag
         );
+        let secrets = self
+            .inner
+            .secrets_for(&rec.app)
+            .map_err(|e| e.to_string())?;
         let who = Identity {
             app: &rec.app,
             machine_id: &rec.id,
             region: &rec.region,
             instance_id: &rec.instance_id,
             image_ref: &reference,
+            secrets: &secrets,
         };
         let launch = launch::launch_spec(&rec.config, &image.config, &who)?;
         let guest = rec.config.effective_guest();
@@ -392,50 +678,67 @@ impl MachineActor {
             .map_err(|e| e.to_string())
     }
 
-    /// The graceful stop: the signal, then SIGKILL after the timeout, then the runtime's
-    /// teardown if even that does not end it.
-    async fn stop(&mut self, signal: Signal, grace: Duration) {
-        let Some(guest) = self.guest.clone() else {
-            self.on_exit(Err(GuestError::Lost), true).await;
-            return;
-        };
-        if let Err(e) = guest.signal(signal.number()).await {
-            warn!(error = %e, %signal, "could not deliver the stop signal");
-        }
-        let res = match timeout(grace, guest.exited()).await {
-            Ok(res) => res,
-            Err(_) => {
-                info!(%signal, ?grace, "process outlived its stop timeout; sending SIGKILL");
-                let _ = guest.signal(Signal::KILL.number()).await;
-                match timeout(KILL_GRACE, guest.exited()).await {
+    /// Ends the running boot: the signal, SIGKILL after the grace period, then the runtime's
+    /// teardown whatever happened. Returns how the main process ended.
+    async fn halt(&mut self, signal: Signal, grace: Duration) -> (ExitStatus, Remains) {
+        let res = match self.guest.clone() {
+            None => Err(GuestError::Lost),
+            Some(guest) => {
+                if let Err(e) = guest.signal(signal.number()).await {
+                    warn!(error = %e, %signal, "could not deliver the stop signal");
+                }
+                match timeout(grace, guest.exited()).await {
                     Ok(res) => res,
-                    Err(_) => Err(GuestError::Lost),
+                    Err(_) => {
+                        info!(%signal, ?grace, "process outlived its stop timeout; sending SIGKILL");
+                        let _ = guest.signal(Signal::KILL.number()).await;
+                        match timeout(KILL_GRACE, guest.exited()).await {
+                            Ok(res) => res,
+                            Err(_) => Err(GuestError::Lost),
+                        }
+                    }
                 }
             }
         };
-        self.on_exit(res, true).await;
+        self.set_guest(None);
+        let remains = self.teardown().await;
+        (exit_status(res), remains)
     }
 
-    /// The main process ended (or the machine was lost): tear the boot down, record the exit,
-    /// and stop, restart or destroy as the config says.
-    async fn on_exit(&mut self, res: Result<ExitStatus, GuestError>, requested_stop: bool) {
-        self.guest = None;
-        let status = match res {
-            Ok(status) => status,
-            Err(e) => ExitStatus {
-                code: None,
-                signal: None,
-                error: Some(format!("lost contact with the machine: {e}")),
-                exited_at_ms: now_ms(),
-            },
-        };
-        let remains = match self.inner.runtime.teardown(&self.id).await {
+    async fn teardown(&self) -> Remains {
+        match self.inner.runtime.teardown(&self.id).await {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "teardown failed");
                 Default::default()
             }
-        };
+        }
+    }
+
+    /// The graceful stop the user asked for.
+    async fn stop(&mut self, signal: Signal, grace: Duration) {
+        let (status, remains) = self.halt(signal, grace).await;
+        self.record_exit(status, remains, true).await;
+    }
+
+    /// A restart the user asked for: halt, then boot the same version again.
+    async fn user_restart(&mut self, signal: Signal, grace: Duration) {
+        let (status, remains) = self.halt(signal, grace).await;
+        let exit = events::exit(&status, Restarting, remains.oom_killed, true, 0);
+        let _ = self.inner.store.append_event(&self.id, &exit);
+        self.boot_from(Restarting, Source::User).await;
+    }
+
+    /// The main process ended on its own (or the machine was lost).
+    async fn on_exit(&mut self, res: Result<ExitStatus, GuestError>) {
+        self.set_guest(None);
+        let remains = self.teardown().await;
+        self.record_exit(exit_status(res), remains, false).await;
+    }
+
+    /// Records how the process ended, then stops, restarts or destroys the machine as its
+    /// config says.
+    async fn record_exit(&mut self, status: ExitStatus, remains: Remains, requested_stop: bool) {
         let rec = match self.record() {
             Ok(r) => r,
             Err(e) => {
@@ -476,6 +779,10 @@ impl MachineActor {
             warn!(error = %e, "could not record the exit");
             return;
         }
+        if status.error.is_some() && !requested_stop {
+            // The machine was lost rather than ended: its standbys take over.
+            self.inner.wake_standbys(&self.id);
+        }
         if restart {
             self.restart_at = Some(Instant::now() + restart_delay(rec.restart_count));
         } else if destroy {
@@ -494,7 +801,7 @@ impl MachineActor {
     /// Completes a destroy that is recorded as under way: kill, clean up, mark destroyed.
     async fn finish_destroy(&mut self) -> Result<(), AgentError> {
         self.restart_at = None;
-        if let Some(guest) = self.guest.take() {
+        if let Some(guest) = self.guest.clone() {
             // A running machine destroyed with force: record how its process ended.
             let _ = guest.signal(Signal::KILL.number()).await;
             let status = timeout(KILL_GRACE, guest.exited())
@@ -506,6 +813,7 @@ impl MachineActor {
                 let _ = self.inner.store.append_event(&self.id, &event);
             }
         }
+        self.set_guest(None);
         self.inner.runtime.teardown(&self.id).await.map_err(|e| {
             AgentError::Internal(format!("could not tear machine {} down: {e}", self.id))
         })?;
@@ -524,6 +832,10 @@ impl MachineActor {
             .flow
             .clone()
             .and_then(|v| serde_json::from_value(v).ok());
+        if rec.state == Suspended {
+            // Frozen on purpose: attaching would wait on a process that cannot answer.
+            return Ok(());
+        }
         let attached = match self.inner.runtime.attach(&self.id).await {
             Ok(g) => g,
             Err(e) => {
@@ -533,17 +845,17 @@ impl MachineActor {
         };
         info!(state = %rec.state, ?flow, attached = attached.is_some(), "recovering");
         match (rec.state, attached) {
-            (Started, Some(guest)) => self.guest = Some(guest),
-            (Started, None) => self.on_exit(Err(GuestError::Lost), false).await,
+            (Started, Some(guest)) => self.set_guest(Some(guest)),
+            (Started, None) => self.on_exit(Err(GuestError::Lost)).await,
             (Starting, Some(guest)) => {
                 // The boot finished but its success was not recorded: record it now.
                 let event = events::event("start", Started, Source::Host);
                 self.transition(Starting, Started, &[event], FlowChange::Clear, None)?;
-                self.guest = Some(guest);
+                self.set_guest(Some(guest));
             }
             (Starting, None) => {
                 let _ = self.inner.runtime.teardown(&self.id).await;
-                self.boot().await;
+                self.boot(matches!(flow, Some(Flow::Resume))).await;
             }
             (Stopping, attached) => {
                 self.guest = attached;
@@ -556,11 +868,44 @@ impl MachineActor {
                 };
                 self.stop(signal, grace).await;
             }
+            (Suspending, attached) => {
+                // Whether the freeze happened is unknown: stop the machine, which is what a
+                // failed suspend does anyway.
+                self.guest = attached;
+                let (status, remains) = self
+                    .halt(rec.config.stop_signal(), rec.config.stop_timeout())
+                    .await;
+                self.record_exit(status, remains, true).await;
+            }
             (Restarting, attached) => {
-                if attached.is_some() {
-                    let _ = self.inner.runtime.teardown(&self.id).await;
+                if let (Some(Flow::UserRestart { signal, timeout_ms }), Some(g)) =
+                    (&flow, &attached)
+                {
+                    // The user's restart had not finished stopping the old process.
+                    self.guest = Some(g.clone());
+                    let signal = Signal::from_number(*signal).unwrap_or(Signal::KILL);
+                    self.user_restart(signal, Duration::from_millis(*timeout_ms))
+                        .await;
+                } else {
+                    if attached.is_some() {
+                        let _ = self.inner.runtime.teardown(&self.id).await;
+                    }
+                    self.restart_at = Some(Instant::now());
                 }
-                self.restart_at = Some(Instant::now());
+            }
+            (Updating, attached) => {
+                self.guest = attached;
+                match flow {
+                    Some(flow @ Flow::Update { .. }) => {
+                        self.update(flow).await?;
+                    }
+                    _ => {
+                        // An update whose record is unreadable: keep the old version, stopped.
+                        let (status, remains) = self.halt(Signal::KILL, Duration::ZERO).await;
+                        let event = events::exit(&status, Stopped, remains.oom_killed, true, 0);
+                        self.transition(Updating, Stopped, &[event], FlowChange::Clear, None)?;
+                    }
+                }
             }
             (Destroying, attached) => {
                 self.guest = attached;
@@ -573,6 +918,34 @@ impl MachineActor {
             (_, None) => {}
         }
         Ok(())
+    }
+}
+
+impl Command {
+    /// Answers the command with an error without acting on it.
+    fn fail(self, e: AgentError) {
+        match self {
+            Command::Start { reply } => drop(reply.send(Err(e))),
+            Command::Stop { reply, .. }
+            | Command::Restart { reply, .. }
+            | Command::Signal { reply, .. }
+            | Command::Suspend { reply }
+            | Command::Update { reply, .. }
+            | Command::Destroy { reply, .. } => drop(reply.send(Err(e))),
+            Command::Guest { reply } => drop(reply.send(Err(e))),
+        }
+    }
+}
+
+fn exit_status(res: Result<ExitStatus, GuestError>) -> ExitStatus {
+    match res {
+        Ok(status) => status,
+        Err(e) => ExitStatus {
+            code: None,
+            signal: None,
+            error: Some(format!("lost contact with the machine: {e}")),
+            exited_at_ms: now_ms(),
+        },
     }
 }
 

@@ -37,7 +37,9 @@ impl From<AgentError> for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             AgentError::Conflict(_) => StatusCode::CONFLICT,
-            AgentError::FailedPrecondition(_) => StatusCode::PRECONDITION_FAILED,
+            AgentError::FailedPrecondition(_) | AgentError::InsufficientCapacity(_) => {
+                StatusCode::PRECONDITION_FAILED
+            }
             AgentError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             AgentError::Upstream(_) => StatusCode::BAD_GATEWAY,
             AgentError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -45,6 +47,7 @@ impl From<AgentError> for ApiError {
         };
         let code = match &e {
             AgentError::NameTaken(_) => Some("name_taken"),
+            AgentError::InsufficientCapacity(_) => Some("insufficient_capacity"),
             _ => None,
         };
         ApiError {

@@ -124,3 +124,31 @@ impl Params {
             .transpose()
     }
 }
+
+/// The `fly-machine-lease-nonce` header: the caller's proof that it holds the machine's lease.
+pub struct LeaseNonce(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for LeaseNonce {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let nonce = match parts.headers.get("fly-machine-lease-nonce") {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| {
+                        ApiError::bad_request("fly-machine-lease-nonce: the header is not text")
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+        };
+        Ok(LeaseNonce(nonce.filter(|n| !n.is_empty())))
+    }
+}
+
+impl LeaseNonce {
+    pub fn as_deref(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}

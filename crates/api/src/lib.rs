@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 use hangar_agent::Agent;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -16,12 +16,14 @@ use tower_http::trace::TraceLayer;
 mod auth;
 mod error;
 mod extract;
+mod openapi;
 mod routes;
 
 pub use error::ApiError;
 
 /// The whole API, authenticated with `token`.
 pub fn router(agent: Agent, token: String) -> Router {
+    use routes::machines as m;
     let v1 = Router::new()
         .route("/apps", get(routes::apps::list).post(routes::apps::create))
         .route(
@@ -34,30 +36,54 @@ pub fn router(agent: Agent, token: String) -> Router {
         )
         .route(
             "/apps/{app}/machines/{id}",
-            get(routes::machines::get).delete(routes::machines::destroy),
+            get(m::get).post(m::update).delete(m::destroy),
+        )
+        .route("/apps/{app}/machines/{id}/start", post(m::start))
+        .route("/apps/{app}/machines/{id}/stop", post(m::stop))
+        .route("/apps/{app}/machines/{id}/restart", post(m::restart))
+        .route("/apps/{app}/machines/{id}/signal", post(m::signal))
+        .route("/apps/{app}/machines/{id}/suspend", post(m::suspend))
+        .route("/apps/{app}/machines/{id}/cordon", post(m::cordon))
+        .route("/apps/{app}/machines/{id}/uncordon", post(m::uncordon))
+        .route("/apps/{app}/machines/{id}/wait", get(m::wait))
+        .route("/apps/{app}/machines/{id}/events", get(m::events))
+        .route("/apps/{app}/machines/{id}/versions", get(m::versions))
+        .route("/apps/{app}/machines/{id}/ps", get(m::ps))
+        .route("/apps/{app}/machines/{id}/exec", post(m::exec))
+        .route(
+            "/apps/{app}/machines/{id}/lease",
+            get(m::show_lease)
+                .post(m::create_lease)
+                .delete(m::release_lease),
         )
         .route(
-            "/apps/{app}/machines/{id}/start",
-            post(routes::machines::start),
+            "/apps/{app}/machines/{id}/metadata",
+            get(m::metadata)
+                .put(m::replace_metadata)
+                .patch(m::patch_metadata),
         )
         .route(
-            "/apps/{app}/machines/{id}/stop",
-            post(routes::machines::stop),
+            "/apps/{app}/machines/{id}/metadata/{key}",
+            get(m::metadata_key)
+                .post(m::upsert_metadata_key)
+                .delete(m::delete_metadata_key),
         )
         .route(
-            "/apps/{app}/machines/{id}/wait",
-            get(routes::machines::wait),
+            "/apps/{app}/secrets",
+            get(routes::secrets::list).post(routes::secrets::update),
         )
         .route(
-            "/apps/{app}/machines/{id}/events",
-            get(routes::machines::events),
+            "/apps/{app}/secrets/{name}",
+            get(routes::secrets::get)
+                .post(routes::secrets::set)
+                .delete(routes::secrets::delete),
         )
-        .route(
-            "/apps/{app}/machines/{id}/exec",
-            post(routes::machines::exec),
-        )
+        .route("/orgs/{org}/machines", get(routes::platform::org_machines))
+        .route("/platform/regions", get(routes::platform::regions))
+        .route("/openapi.json", get(routes::platform::openapi))
         .route("/images", get(routes::images::list))
         .route("/images/import", post(routes::images::import))
+        .merge(unsupported())
         .layer(middleware::from_fn_with_state(
             Arc::new(token),
             auth::require_token,
@@ -77,6 +103,23 @@ pub fn router(agent: Agent, token: String) -> Router {
             )
             .into_response()
         }))
+}
+
+/// The spec's operations this installation does not offer: a clear 404 for each, whatever
+/// the method, rather than the generic one.
+fn unsupported() -> Router<Agent> {
+    let mut r = Router::new();
+    for prefix in openapi::UNSUPPORTED {
+        let path = prefix
+            .replace("{app_name}", "{app}")
+            .replace("{machine_id}", "{id}")
+            .replace("{org_slug}", "{org}");
+        r = r.route(&path, any(routes::platform::unsupported)).route(
+            &format!("{path}/{{*rest}}"),
+            any(routes::platform::unsupported),
+        );
+    }
+    r
 }
 
 async fn not_found() -> ApiError {

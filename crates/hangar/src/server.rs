@@ -46,6 +46,18 @@ pub struct ServerArgs {
     /// A registry (host[:port]) to reach over plain HTTP; loopback registries always are
     #[arg(long = "insecure-registry", value_name = "HOST")]
     insecure_registries: Vec<String>,
+    /// Memory the machines of this host may use together, in MB; a start beyond it fails
+    /// with `insufficient_capacity` [default: the host's RAM]
+    #[arg(long, env = "HANGAR_MEMORY_CAPACITY_MB")]
+    memory_capacity_mb: Option<u64>,
+    /// The length of an hour for `config.schedule`, in milliseconds (for tests)
+    #[arg(
+        long,
+        env = "HANGAR_SCHEDULE_HOUR_MS",
+        default_value_t = 3_600_000,
+        hide = true
+    )]
+    schedule_hour_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -107,6 +119,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         store,
         images,
         runtime: Arc::new(runtime),
+        memory_capacity_mb: args.memory_capacity_mb,
+        schedule_hour: std::time::Duration::from_millis(args.schedule_hour_ms.max(100)),
     })
     .await?;
 

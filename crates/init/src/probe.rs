@@ -18,7 +18,9 @@ pub fn run(spec: &CheckSpec) -> (bool, String) {
     let Some(http) = &spec.http else {
         return (true, format!("port {} accepts connections", spec.port));
     };
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
     let _ = stream.set_read_timeout(Some(left));
     let _ = stream.set_write_timeout(Some(left));
     let mut request = format!(
@@ -102,7 +104,9 @@ mod tests {
         let (ok, out) = run(&http(serve_once("HTTP/1.1 204 No Content\r\n\r\n")));
         assert!(ok, "{out}");
         assert_eq!(out, "HTTP/1.1 204 No Content");
-        let (ok, out) = run(&http(serve_once("HTTP/1.1 503 Service Unavailable\r\n\r\n")));
+        let (ok, out) = run(&http(serve_once(
+            "HTTP/1.1 503 Service Unavailable\r\n\r\n",
+        )));
         assert!(!ok);
         assert!(out.contains("503"), "{out}");
         let (ok, out) = run(&http(serve_once("SSH-2.0-nope\r\n")));
@@ -114,7 +118,11 @@ mod tests {
     fn tcp_checks_need_a_listener() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let spec = CheckSpec { port, http: None, timeout_ms: 1000 };
+        let spec = CheckSpec {
+            port,
+            http: None,
+            timeout_ms: 1000,
+        };
         assert!(run(&spec).0);
         drop(l);
         let (ok, out) = run(&spec);

@@ -26,12 +26,18 @@ fn list_in(proc_root: &Path) -> Vec<ProcessInfo> {
         return out;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         let dir = entry.path();
         // A process may exit while we read it: skip what vanished.
-        let Some(stat) = fs::read_to_string(dir.join("stat")).ok().and_then(|s| parse_stat(&s))
+        let Some(stat) = fs::read_to_string(dir.join("stat"))
+            .ok()
+            .and_then(|s| parse_stat(&s))
         else {
             continue;
         };
@@ -50,7 +56,9 @@ fn list_in(proc_root: &Path) -> Vec<ProcessInfo> {
         let mut listening = Vec::new();
         if let Ok(fds) = fs::read_dir(dir.join("fd")) {
             for fd in fds.flatten() {
-                let Ok(target) = fs::read_link(fd.path()) else { continue };
+                let Ok(target) = fs::read_link(fd.path()) else {
+                    continue;
+                };
                 let target = target.to_string_lossy();
                 let inode = target
                     .strip_prefix("socket:[")
@@ -114,7 +122,9 @@ fn listening_sockets(net: &Path) -> HashMap<u64, (String, String)> {
         ("udp", "udp", false, "07"),
         ("udp6", "udp", true, "07"),
     ] {
-        let Ok(text) = fs::read_to_string(net.join(file)) else { continue };
+        let Ok(text) = fs::read_to_string(net.join(file)) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
             if cols.len() < 10 || cols[3] != wanted_state {
@@ -174,13 +184,19 @@ mod tests {
         let s = "42 (my (odd) prog) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 500 1000 25 18446744073709551615";
         let st = parse_stat(s).unwrap();
         assert_eq!(st.comm, "my (odd) prog");
-        assert_eq!((st.utime, st.stime, st.starttime, st.rss_pages), (7, 3, 500, 25));
+        assert_eq!(
+            (st.utime, st.stime, st.starttime, st.rss_pages),
+            (7, 3, 500, 25)
+        );
         assert!(parse_stat("garbage").is_none());
     }
 
     #[test]
     fn kernel_socket_addresses() {
-        assert_eq!(parse_address("0100007F:1F90", false).unwrap(), "127.0.0.1:8080");
+        assert_eq!(
+            parse_address("0100007F:1F90", false).unwrap(),
+            "127.0.0.1:8080"
+        );
         assert_eq!(parse_address("00000000:0050", false).unwrap(), "0.0.0.0:80");
         assert_eq!(
             parse_address("00000000000000000000000001000000:0016", true).unwrap(),
@@ -195,11 +211,15 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let me = std::process::id() as i32;
         let procs = list();
-        let mine = procs.iter().find(|p| p.pid == me).expect("this test's process");
+        let mine = procs
+            .iter()
+            .find(|p| p.pid == me)
+            .expect("this test's process");
         assert!(mine.rss_bytes > 0);
         assert!(!mine.command.is_empty());
         assert!(
-            mine.listening.contains(&("tcp".to_string(), format!("127.0.0.1:{port}"))),
+            mine.listening
+                .contains(&("tcp".to_string(), format!("127.0.0.1:{port}"))),
             "{:?}",
             mine.listening
         );

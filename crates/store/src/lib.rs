@@ -244,7 +244,9 @@ impl Store {
             writer.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = 1; COMMIT;"))?;
         }
         if version < 2 {
-            writer.execute_batch(&format!("BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"))?;
+            writer.execute_batch(&format!(
+                "BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
+            ))?;
         }
         let reader = connect(path)?;
         Ok(Store {
@@ -558,13 +560,21 @@ impl Store {
                  WHERE machine_id = ?1 ORDER BY created_at DESC, rowid DESC",
             )?;
             let rows = stmt.query_map([id], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })?;
             rows.map(|row| {
                 let (instance_id, config, created_at_ms) = row?;
                 let config = serde_json::from_str(&config)
                     .map_err(|e| StoreError::Corrupt(format!("version {instance_id}: {e}")))?;
-                Ok(VersionRecord { instance_id, config, created_at_ms })
+                Ok(VersionRecord {
+                    instance_id,
+                    config,
+                    created_at_ms,
+                })
             })
             .collect()
         })
@@ -590,10 +600,17 @@ impl Store {
                  ORDER BY m.updated_at, m.id LIMIT ?5"
             ))?;
             let rows = stmt.query_map(
-                params![org_slug, include_destroyed, after_ms, after_id, limit as i64],
+                params![
+                    org_slug,
+                    include_destroyed,
+                    after_ms,
+                    after_id,
+                    limit as i64
+                ],
                 raw_machine,
             )?;
-            rows.map(|r| r.map_err(StoreError::from).and_then(RawMachine::decode)).collect()
+            rows.map(|r| r.map_err(StoreError::from).and_then(RawMachine::decode))
+                .collect()
         })
     }
 
@@ -689,7 +706,11 @@ impl Store {
     pub fn secrets(&self, app: &str) -> Result<(Vec<SecretRecord>, u64)> {
         self.read(|c| {
             let version: Option<i64> = c
-                .query_row("SELECT secrets_version FROM apps WHERE name = ?1", [app], |r| r.get(0))
+                .query_row(
+                    "SELECT secrets_version FROM apps WHERE name = ?1",
+                    [app],
+                    |r| r.get(0),
+                )
                 .optional()?;
             let version = version.ok_or_else(|| StoreError::NotFound(format!("app {app:?}")))?;
             let mut stmt = c.prepare(
@@ -1097,7 +1118,8 @@ mod tests {
     fn an_update_records_a_new_version_with_its_transition() {
         let (_d, s) = store();
         let first = machine("m1", "web");
-        s.insert_machine(&first, &event("launch", "created")).unwrap();
+        s.insert_machine(&first, &event("launch", "created"))
+            .unwrap();
         let mut config = first.config.clone();
         config.env.insert("V".into(), "2".into());
         let m = s
@@ -1136,18 +1158,25 @@ mod tests {
             })
             .unwrap();
         assert_eq!(r.config.metadata["k"], "v");
-        assert_eq!(r.instance_id, m.instance_id, "metadata makes no new version");
+        assert_eq!(
+            r.instance_id, m.instance_id,
+            "metadata makes no new version"
+        );
         let stale = s.update_metadata("m1", Some("old"), |md| {
             md.clear();
         });
         assert!(matches!(stale, Err(StoreError::StaleVersion { .. })));
-        assert_eq!(s.get_machine("m1").unwrap().unwrap().config.metadata["k"], "v");
+        assert_eq!(
+            s.get_machine("m1").unwrap().unwrap().config.metadata["k"],
+            "v"
+        );
     }
 
     #[test]
     fn leases_are_exclusive_until_they_expire() {
         let (_d, s) = store();
-        s.insert_machine(&machine("m1", "web"), &event("launch", "created")).unwrap();
+        s.insert_machine(&machine("m1", "web"), &event("launch", "created"))
+            .unwrap();
         let lease = |nonce: &str, until: i64| LeaseRecord {
             nonce: nonce.into(),
             owner: "me".into(),
@@ -1160,14 +1189,32 @@ mod tests {
             s.acquire_lease("m1", None, &lease("b", 2_000), 10),
             Err(StoreError::LeaseHeld { .. })
         ));
-        let refreshed = s.acquire_lease("m1", Some("a"), &lease("ignored", 5_000), 10).unwrap();
-        assert_eq!((refreshed.nonce.as_str(), refreshed.expires_at_ms), ("a", 5_000));
-        assert!(matches!(s.release_lease("m1", "b", 20), Err(StoreError::LeaseHeld { .. })));
-        assert_eq!(s.lease("m1", 4_999).unwrap().map(|l| l.nonce), Some("a".into()));
-        assert!(s.lease("m1", 5_000).unwrap().is_none(), "expired leases stop counting");
-        s.acquire_lease("m1", None, &lease("c", 9_000), 6_000).unwrap();
+        let refreshed = s
+            .acquire_lease("m1", Some("a"), &lease("ignored", 5_000), 10)
+            .unwrap();
+        assert_eq!(
+            (refreshed.nonce.as_str(), refreshed.expires_at_ms),
+            ("a", 5_000)
+        );
+        assert!(matches!(
+            s.release_lease("m1", "b", 20),
+            Err(StoreError::LeaseHeld { .. })
+        ));
+        assert_eq!(
+            s.lease("m1", 4_999).unwrap().map(|l| l.nonce),
+            Some("a".into())
+        );
+        assert!(
+            s.lease("m1", 5_000).unwrap().is_none(),
+            "expired leases stop counting"
+        );
+        s.acquire_lease("m1", None, &lease("c", 9_000), 6_000)
+            .unwrap();
         s.release_lease("m1", "c", 6_001).unwrap();
-        assert!(matches!(s.release_lease("m1", "c", 6_002), Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            s.release_lease("m1", "c", 6_002),
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[test]
@@ -1182,10 +1229,19 @@ mod tests {
             updated_at_ms: 1,
         };
         let v = s
-            .update_secrets("app", &[("A".into(), Some(secret("A"))), ("B".into(), Some(secret("B")))], true)
+            .update_secrets(
+                "app",
+                &[
+                    ("A".into(), Some(secret("A"))),
+                    ("B".into(), Some(secret("B"))),
+                ],
+                true,
+            )
             .unwrap();
         assert_eq!(v, 1);
-        let v = s.update_secrets("app", &[("A".into(), None)], true).unwrap();
+        let v = s
+            .update_secrets("app", &[("A".into(), None)], true)
+            .unwrap();
         assert_eq!(v, 2);
         let (list, version) = s.secrets("app").unwrap();
         assert_eq!((list.len(), list[0].name.as_str(), version), (1, "B", 2));
@@ -1193,7 +1249,11 @@ mod tests {
             s.update_secrets("app", &[("NOPE".into(), None)], true),
             Err(StoreError::NotFound(_))
         ));
-        assert_eq!(s.secrets("app").unwrap().1, 2, "a refused change bumps nothing");
+        assert_eq!(
+            s.secrets("app").unwrap().1,
+            2,
+            "a refused change bumps nothing"
+        );
     }
 
     #[test]
@@ -1208,9 +1268,15 @@ mod tests {
         let page = s.org_machines("personal", None, false, 2).unwrap();
         let ids: Vec<_> = page.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["m1", "m2"]);
-        let cursor = OrgCursor { updated_at_ms: page[1].updated_at_ms, id: page[1].id.clone() };
+        let cursor = OrgCursor {
+            updated_at_ms: page[1].updated_at_ms,
+            id: page[1].id.clone(),
+        };
         let rest = s.org_machines("personal", Some(&cursor), false, 2).unwrap();
-        assert_eq!(rest.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m3"]);
+        assert_eq!(
+            rest.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["m3"]
+        );
         assert!(s.org_machines("other", None, false, 10).unwrap().is_empty());
     }
 
@@ -1231,7 +1297,8 @@ mod tests {
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.secrets("a").unwrap().1, 0);
-        s.insert_machine(&machine("m1", "one"), &event("launch", "created")).unwrap();
+        s.insert_machine(&machine("m1", "one"), &event("launch", "created"))
+            .unwrap();
         assert!(!s.get_machine("m1").unwrap().unwrap().cordoned);
     }
 

@@ -175,6 +175,24 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("{method} {path}: {e}\nserver log:\n{}", self.log()))
     }
 
+    /// An authenticated request with extra headers (a lease nonce, say).
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Reply {
+        let auth = format!("Bearer {}", self.token);
+        let mut all = vec![("authorization", auth.as_str())];
+        all.extend_from_slice(headers);
+        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        if !bytes.is_empty() {
+            all.push(("content-type", "application/json"));
+        }
+        self.raw(method, path, &all, bytes.as_bytes())
+    }
+
     /// A request with a raw body and headers of the caller's choosing (for bad-input tests).
     pub fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
         let mut req = self.http.request(
@@ -239,10 +257,16 @@ impl TestServer {
         r.body
     }
 
-    /// Waits (through the API) until a machine is in `state`; panics after 60 s.
+    /// Waits (through the API) until the machine's current version is in `state`; panics
+    /// after 60 s.
     pub fn wait_state(&self, app: &str, id: &str, state: &str) -> Value {
+        let m = self.get(&format!("/v1/apps/{app}/machines/{id}"));
+        let version = m.body["instance_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let r = self.get(&format!(
-            "/v1/apps/{app}/machines/{id}/wait?state={state}&timeout=60"
+            "/v1/apps/{app}/machines/{id}/wait?state={state}&version={version}&timeout=60"
         ));
         assert_eq!(
             r.status,

@@ -88,10 +88,18 @@ impl MachineCheck {
                     format!("unknown check type {other:?} (expected \"tcp\" or \"http\")"),
                 ))
             }
-            None => return Err(ConfigError::new(f("type"), "\"tcp\" or \"http\" is required")),
+            None => {
+                return Err(ConfigError::new(
+                    f("type"),
+                    "\"tcp\" or \"http\" is required",
+                ))
+            }
         }
         if matches!(self.port, None | Some(0)) {
-            return Err(ConfigError::new(f("port"), "a port between 1 and 65535 is required"));
+            return Err(ConfigError::new(
+                f("port"),
+                "a port between 1 and 65535 is required",
+            ));
         }
         if let Some(p) = &self.protocol {
             if p != "http" && p != "https" {
@@ -111,13 +119,23 @@ impl MachineCheck {
         }
         if let Some(m) = &self.method {
             if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphabetic()) {
-                return Err(ConfigError::new(f("method"), format!("{m:?} is not an HTTP method")));
+                return Err(ConfigError::new(
+                    f("method"),
+                    format!("{m:?} is not an HTTP method"),
+                ));
             }
         }
         for h in &self.headers {
             let bad = |s: &str| s.chars().any(|c| c == '\r' || c == '\n');
-            if h.name.is_empty() || bad(&h.name) || h.name.contains(':') || h.values.iter().any(|v| bad(v)) {
-                return Err(ConfigError::new(f("headers"), format!("header {:?} is not valid", h.name)));
+            if h.name.is_empty()
+                || bad(&h.name)
+                || h.name.contains(':')
+                || h.values.iter().any(|v| bad(v))
+            {
+                return Err(ConfigError::new(
+                    f("headers"),
+                    format!("header {:?} is not valid", h.name),
+                ));
             }
         }
         Ok(())

@@ -541,7 +541,10 @@ pub fn validate_metadata_entry(key: &str, value: &str) -> Result<(), ConfigError
     if value.len() > MAX_METADATA_VALUE {
         return Err(ConfigError::new(
             format!("metadata.{key}"),
-            format!("the value is {} bytes, over the {MAX_METADATA_VALUE}-byte limit", value.len()),
+            format!(
+                "the value is {} bytes, over the {MAX_METADATA_VALUE}-byte limit",
+                value.len()
+            ),
         ));
     }
     Ok(())

@@ -26,11 +26,10 @@ pub use config::{
 pub use duration::{format_go_duration, parse_go_duration, GoDuration};
 pub use id::{new_event_id, new_instance_id, new_machine_id, valid_app_name};
 pub use machine::{
-    CreateLeaseRequest, CreateMachineRequest, ErrorResponse, ExecRequest, ExecResponse,
-    ExitEvent, ImageRef, Lease, LeaseResponse, ListenSocket, Machine, MachineEvent,
-    MachineVersion, MetadataValue, OrgMachine, OrgMachinesResponse, ProcessStat, Region,
-    RegionsResponse, SignalRequest, StopRequest, UpdateMachineRequest, UpdateMetadataRequest,
-    WaitResponse,
+    CreateLeaseRequest, CreateMachineRequest, ErrorResponse, ExecRequest, ExecResponse, ExitEvent,
+    ImageRef, Lease, LeaseResponse, ListenSocket, Machine, MachineEvent, MachineVersion,
+    MetadataValue, OrgMachine, OrgMachinesResponse, ProcessStat, Region, RegionsResponse,
+    SignalRequest, StopRequest, UpdateMachineRequest, UpdateMetadataRequest, WaitResponse,
 };
 pub use secret::{
     valid_secret_name, AppSecret, AppSecrets, DeleteSecretResponse, SetSecretRequest,

@@ -83,9 +83,8 @@ impl<'de> Deserialize<'de> for Autostop {
             Bool(bool),
             Name(String),
         }
-        let bad = || {
-            serde::de::Error::custom("expected \"off\", \"stop\", \"suspend\", true or false")
-        };
+        let bad =
+            || serde::de::Error::custom("expected \"off\", \"stop\", \"suspend\", true or false");
         match Wire::deserialize(d).map_err(|_| bad())? {
             Wire::Bool(false) => Ok(Autostop::Off),
             Wire::Bool(true) => Ok(Autostop::Stop),
@@ -120,7 +119,10 @@ impl MachineService {
             let field = |s: &str| format!("services[{i}].ports[{j}].{s}");
             match (port.port, port.start_port, port.end_port) {
                 (Some(0), _, _) => {
-                    return Err(ConfigError::new(field("port"), "must be between 1 and 65535"))
+                    return Err(ConfigError::new(
+                        field("port"),
+                        "must be between 1 and 65535",
+                    ))
                 }
                 (None, Some(a), Some(b)) if a == 0 || a > b => {
                     return Err(ConfigError::new(
@@ -209,6 +211,9 @@ mod tests {
         let bad: MachineService =
             serde_json::from_str(r#"{"internal_port":80,"ports":[{"handlers":["http"]}]}"#)
                 .unwrap();
-        assert_eq!(bad.validate(0).unwrap_err().field, "services[0].ports[0].port");
+        assert_eq!(
+            bad.validate(0).unwrap_err().field,
+            "services[0].ports[0].port"
+        );
     }
 }

@@ -89,6 +89,21 @@ impl MachineState {
     /// The one table of allowed state changes. Every transition the agent makes is checked
     /// against it, so an impossible change (starting a destroyed machine, say) is refused in
     /// one place instead of being guarded ad hoc at each call site.
+    /// Whether a machine in this state has memory on its host (running, frozen, or about to).
+    pub fn holds_resources(self) -> bool {
+        matches!(
+            self,
+            Self::Starting
+                | Self::Started
+                | Self::Stopping
+                | Self::Restarting
+                | Self::Suspending
+                | Self::Suspended
+                | Self::Updating
+                | Self::Replacing
+        )
+    }
+
     pub fn can_become(self, to: MachineState) -> bool {
         use MachineState::*;
         matches!(
@@ -115,12 +130,14 @@ impl MachineState {
                 | (Restarting, Stopped)
                 | (Restarting, Failed)
                 | (Restarting, Destroying)
+                | (Restarting, Updating)
                 | (Stopped, Starting)
                 | (Stopped, Updating)
                 | (Stopped, Destroying)
                 | (Suspending, Suspended)
                 | (Suspending, Stopped)
                 | (Suspending, Failed)
+                | (Suspending, Destroying)
                 | (Suspended, Starting)
                 | (Suspended, Stopping)
                 | (Suspended, Stopped)

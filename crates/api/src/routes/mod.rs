@@ -1,3 +1,5 @@
 pub mod apps;
 pub mod images;
 pub mod machines;
+pub mod platform;
+pub mod secrets;

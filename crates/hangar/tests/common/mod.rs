@@ -20,12 +20,17 @@ pub const APP: &str = "test-app";
 
 impl World {
     pub fn new() -> World {
+        World::with_server_args(&[])
+    }
+
+    /// A world whose server gets extra command-line arguments.
+    pub fn with_server_args(args: &[&str]) -> World {
         let registry = Registry::start();
         ImageBuilder::busybox()
             .env("FROM_IMAGE", "yes")
             .push(&registry, "busybox:latest");
         let image = format!("{}/busybox:latest", registry.host());
-        let server = TestServer::start(env!("CARGO_BIN_EXE_hangar"));
+        let server = TestServer::start_with(env!("CARGO_BIN_EXE_hangar"), args);
         server.create_app(APP);
         World {
             registry,
