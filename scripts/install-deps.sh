@@ -4,7 +4,7 @@
 set -eu
 
 need=""
-for pkg in runc docker-registry busybox-static ca-certificates; do
+for pkg in runc docker-registry busybox-static ca-certificates python3 python3-venv; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         need="$need $pkg"
     fi
@@ -32,4 +32,15 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
     echo "Hangar is built with Rust's cargo, which is not on PATH (install it with rustup)" >&2
     exit 1
+fi
+
+# schemathesis (PyPI) checks the API against Fly's schema in the conformance test. It lives in
+# a virtualenv under target/, pinned, built from Debian's own python3.
+SCHEMATHESIS_VERSION=4.32.5
+venv="$(cd "$(dirname "$0")/.." && pwd)/target/tools/schemathesis"
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    echo "Installing schemathesis $SCHEMATHESIS_VERSION into $venv"
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi

@@ -347,6 +347,11 @@ fn wait_validates_and_times_out_with_408() {
     let r = w
         .server
         .get(&format!("{base}?state=started,stopped&timeout=30"));
+    assert_eq!(r.status, 400, "stopped needs the version: {r:?}");
+    let version = w.machine(&id)["instance_id"].as_str().unwrap().to_string();
+    let r = w.server.get(&format!(
+        "{base}?state=started,stopped&version={version}&timeout=30"
+    ));
     assert_eq!(r.status, 200);
     assert_eq!(r.body["ok"], true);
     assert_eq!(r.body["state"], "started");

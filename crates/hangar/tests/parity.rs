@@ -820,3 +820,107 @@ fn capacity_refusals_say_insufficient_capacity() {
     assert_eq!(r.status, 412, "{r:?}");
     assert_eq!(r.body["status"], "insufficient_capacity");
 }
+
+/// The request sequence of Fly's Go client (fly-go's flaps package), as flyctl sends it for
+/// `fly machine update` and `fly machine destroy --force`.
+#[test]
+fn drives_like_fly_go() {
+    let w = World::new();
+    // POST /apps?wait=true with fly-go's body, decoding an App.
+    let r = w.server.post(
+        "/v1/apps?wait=true",
+        json!({ "name": "go-app", "org_slug": "personal", "network": "", "app_role_id": "" }),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.body["name"], "go-app");
+    let m = w.server.create_machine(
+        "go-app",
+        json!({ "config": { "image": w.image, "init": { "cmd": ["sleep", "1000"] },
+                            "guest": { "cpu_kind": "shared", "cpus": 1, "memory_mb": 256 },
+                            "restart": { "policy": "on-failure", "max_retries": 3 },
+                            "stop_config": { "signal": "SIGTERM", "timeout": "3s" } },
+                "region": "local" }),
+    );
+    for field in [
+        "id",
+        "name",
+        "state",
+        "region",
+        "instance_id",
+        "private_ip",
+        "config",
+        "image_ref",
+        "created_at",
+        "updated_at",
+        "events",
+        "host_status",
+    ] {
+        assert!(m.get(field).is_some(), "machine JSON lacks {field}: {m}");
+    }
+    for field in ["registry", "repository", "tag", "digest", "labels"] {
+        assert!(
+            m["image_ref"].get(field).is_some(),
+            "image_ref lacks {field}: {m}"
+        );
+    }
+    assert_eq!(
+        m["config"]["stop_config"]["timeout"], "3s",
+        "durations render as Go's"
+    );
+    let id = m["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 14);
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+    let base = format!("/v1/apps/go-app/machines/{id}");
+
+    // Lease: ?ttl= and no body; nonce read from data.nonce.
+    let lease = w
+        .server
+        .request_with("POST", &format!("{base}/lease?ttl=120"), &[], None);
+    assert_eq!(lease.status, 201);
+    let nonce = lease.body["data"]["nonce"].as_str().unwrap().to_string();
+    let held = [("fly-machine-lease-nonce", nonce.as_str())];
+
+    // Wait loop as fly-go does it: integer timeout, version, repeated state.
+    let v1 = m["instance_id"].as_str().unwrap().to_string();
+    let wait = |v: &str, states: &str| loop {
+        let r = w
+            .server
+            .get(&format!("{base}/wait?version={v}&timeout=60&{states}"));
+        if r.status != 408 {
+            return r;
+        }
+    };
+    assert_eq!(wait(&v1, "state=started").status, 200);
+
+    // Update with the nonce and current_version, then wait for the new version.
+    let mut config = m["config"].clone();
+    config["env"] = json!({ "RELEASE": "2" });
+    let r = w.server.request_with(
+        "POST",
+        &base,
+        &held,
+        Some(json!({ "config": config, "current_version": v1, "region": "local" })),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let v2 = r.body["instance_id"].as_str().unwrap().to_string();
+    let r = wait(&v2, "state=started&state=stopped");
+    assert_eq!(r.body["state"], "started", "{r:?}");
+    let out = w.server.post(
+        &format!("{base}/exec"),
+        json!({ "cmd": "sh -c 'echo $RELEASE'" }),
+    );
+    assert_eq!(out.body["stdout"], "2\n", "{out:?}");
+
+    // Destroy with kill=true (fly-go's spelling of force), holding the lease.
+    let r = w
+        .server
+        .request_with("DELETE", &format!("{base}?kill=true"), &held, None);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(wait(&v2, "state=destroyed").body["state"], "destroyed");
+    // Releasing afterwards is answered (flyctl ignores a "not found" here).
+    let r = w
+        .server
+        .request_with("DELETE", &format!("{base}/lease"), &held, None);
+    assert!(r.status == 200 || r.status == 404, "{r:?}");
+    w.assert_no_leftovers(&id);
+}
