@@ -64,7 +64,7 @@ impl Samples {
 }
 
 pub fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
 /// Prints a table of samples: runs, median, p95, and each one's median over the baseline's.
