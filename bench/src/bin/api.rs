@@ -74,7 +74,9 @@ async fn run(server: &TestServer, image: &str) -> anyhow::Result<()> {
     );
 
     let get = |path: String| {
-        let req = client.get(format!("{url}{path}")).header("authorization", &auth);
+        let req = client
+            .get(format!("{url}{path}"))
+            .header("authorization", &auth);
         async move {
             let t = Instant::now();
             let res = req.send().await?;
@@ -111,8 +113,13 @@ async fn run(server: &TestServer, image: &str) -> anyhow::Result<()> {
             let until = Instant::now() + Duration::from_secs(5);
             let workers: Vec<_> = (0..CONNECTIONS)
                 .map(|w| {
-                    let (client, url, auth, done, path_of) =
-                        (client.clone(), url.clone(), auth.clone(), done.clone(), path_of.clone());
+                    let (client, url, auth, done, path_of) = (
+                        client.clone(),
+                        url.clone(),
+                        auth.clone(),
+                        done.clone(),
+                        path_of.clone(),
+                    );
                     tokio::spawn(async move {
                         let mut n = w;
                         while Instant::now() < until {
@@ -144,8 +151,8 @@ async fn run(server: &TestServer, image: &str) -> anyhow::Result<()> {
         Arc::new(move |n: usize| format!("/v1/apps/{APP}/machines/{}", ids[n % ids.len()]))
             as Arc<dyn Fn(usize) -> String + Send + Sync>
     };
-    let baseline_paths =
-        Arc::new(|_| "/v1/platform/regions".to_string()) as Arc<dyn Fn(usize) -> String + Send + Sync>;
+    let baseline_paths = Arc::new(|_| "/v1/platform/regions".to_string())
+        as Arc<dyn Fn(usize) -> String + Send + Sync>;
     let rps_machine = rps(machine_paths).await;
     let rps_baseline = rps(baseline_paths).await;
 

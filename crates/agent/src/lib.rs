@@ -792,6 +792,7 @@ fn to_api(rec: MachineRecord, events: Vec<MachineEvent>, checks: Vec<CheckStatus
         events,
         checks,
         host_status: "ok".into(),
+        incomplete_config: None,
         nonce: None,
         cordoned: rec.cordoned,
     }

@@ -27,9 +27,14 @@ pub struct Machine {
     pub created_at: String,
     pub updated_at: String,
     pub events: Vec<MachineEvent>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub checks: Vec<CheckStatus>,
     pub host_status: String,
+    /// Fly sets this while a machine's config is being assembled; Hangar records configs
+    /// whole, so there is none. Omitted rather than null: the spec types it as an object, and
+    /// clients (fly-go's pointer) read an absent field as null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete_config: Option<MachineConfig>,
     /// The proxy routes no traffic to a cordoned machine.
     #[serde(default)]
     pub cordoned: bool,
