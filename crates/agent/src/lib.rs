@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hangar_image::{Image, ImageStore};
 use hangar_proto::{ExecSpec, ProcessSpec};
-use hangar_runtime::Runtime;
+use hangar_runtime::{GuestError, Runtime};
 use hangar_store::{AppRecord, MachineRecord, Store, StoreError};
 use hangar_types::{
     new_instance_id, new_machine_id, valid_app_name, App, AppOrganization, CheckStatus,
@@ -27,6 +27,7 @@ mod error;
 mod events;
 mod launch;
 mod leases;
+mod logs;
 mod machine;
 mod metadata;
 mod operations;
@@ -38,6 +39,9 @@ pub use error::AgentError;
 pub use metadata::MetadataChange;
 pub use operations::PsSort;
 pub use org::OrgQuery;
+pub use hangar_proto::Stream as OutputStream;
+pub use hangar_runtime::{ExecSession, SessionEvent};
+pub use logs::LogLine;
 
 use events::{now_ms, rfc3339, Source};
 use machine::Command;
@@ -263,6 +267,7 @@ impl Agent {
             }
         }
         tokio::spawn(schedule::run(inner.clone(), config.schedule_hour));
+        tokio::spawn(logs::keep_bounded(inner.logs_dir.clone()));
         info!(
             machines = live.len(),
             runtime = inner.runtime.kind(),
@@ -698,30 +703,14 @@ impl Agent {
         req: ExecRequest,
     ) -> Result<ExecResponse, AgentError> {
         self.machine_record(app, id)?;
-        let argv = match (req.command, req.cmd) {
-            (Some(argv), _) if !argv.is_empty() => argv,
-            (_, Some(cmd)) if !cmd.trim().is_empty() => shlex::split(&cmd).ok_or_else(|| {
-                AgentError::InvalidArgument(format!("cmd {cmd:?} has unbalanced quotes"))
-            })?,
-            _ => {
-                return Err(AgentError::InvalidArgument(
-                    "command: a non-empty command is required".into(),
-                ))
-            }
-        };
+        let argv = exec_argv(req.command, req.cmd)?;
         let limit = req
             .timeout
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_EXEC_TIMEOUT);
         let guest = self.command(id, |reply| Command::Guest { reply }).await?;
         let spec = ExecSpec {
-            process: ProcessSpec {
-                argv,
-                env: Vec::new(),
-                cwd: String::new(),
-                user: "root".into(),
-                tty: false,
-            },
+            process: exec_process(argv, false),
             stdin: req.stdin.map(String::into_bytes),
             ..Default::default()
         };
@@ -731,6 +720,33 @@ impl Agent {
             exit_signal: out.status.signal.unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// Starts an interactive command in a started machine (a shell, `exec -t`), with a
+    /// terminal of `size` (rows, cols) when given.
+    pub async fn exec_session(
+        &self,
+        app: &str,
+        id: &str,
+        command: Option<Vec<String>>,
+        cmd: Option<String>,
+        size: Option<(u16, u16)>,
+    ) -> Result<ExecSession, AgentError> {
+        self.machine_record(app, id)?;
+        let argv = exec_argv(command, cmd)?;
+        let guest = self.command(id, |reply| Command::Guest { reply }).await?;
+        let (rows, cols) = size.unwrap_or_default();
+        let spec = ExecSpec {
+            process: exec_process(argv, size.is_some()),
+            interactive: true,
+            rows,
+            cols,
+            ..Default::default()
+        };
+        guest.session(spec).await.map_err(|e| match e {
+            GuestError::Refused(m) => AgentError::InvalidArgument(m),
+            other => AgentError::Unavailable(format!("the machine did not answer: {other}")),
         })
     }
 
@@ -798,7 +814,33 @@ fn to_api(rec: MachineRecord, events: Vec<MachineEvent>, checks: Vec<CheckStatus
     }
 }
 
-fn valid_machine_name(name: &str) -> Result<(), AgentError> {
+/// The command of an exec: `command` (an argv), else fly-go's `cmd` string split as a shell
+/// would.
+fn exec_argv(command: Option<Vec<String>>, cmd: Option<String>) -> Result<Vec<String>, AgentError> {
+    match (command, cmd) {
+        (Some(argv), _) if !argv.is_empty() => Ok(argv),
+        (_, Some(cmd)) if !cmd.trim().is_empty() => shlex::split(&cmd).ok_or_else(|| {
+            AgentError::InvalidArgument(format!("cmd {cmd:?} has unbalanced quotes"))
+        }),
+        _ => Err(AgentError::InvalidArgument(
+            "command: a non-empty command is required".into(),
+        )),
+    }
+}
+
+/// Execs run as root in the machine's root directory; init gives them the machine's
+/// environment.
+fn exec_process(argv: Vec<String>, tty: bool) -> ProcessSpec {
+    ProcessSpec {
+        argv,
+        env: Vec::new(),
+        cwd: String::new(),
+        user: "root".into(),
+        tty,
+    }
+}
+
+pub(crate) fn valid_machine_name(name: &str) -> Result<(), AgentError> {
     let ok = name.len() <= 63
         && name
             .chars()

@@ -102,6 +102,11 @@ impl Params {
             .collect()
     }
 
+    /// Every value of a repeated key, as given (an argv: commas are not separators).
+    pub fn list_raw(&self, key: &str) -> Vec<String> {
+        self.0.get(key).cloned().unwrap_or_default()
+    }
+
     /// A boolean flag: absent is false; `true`/`1`/empty (a bare `?force`) is true.
     pub fn flag(&self, key: &str) -> Result<bool, ApiError> {
         match self.0.get(key).and_then(|v| v.last()).map(String::as_str) {

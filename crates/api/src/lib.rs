@@ -51,6 +51,11 @@ pub fn router(agent: Agent, token: String) -> Router {
         .route("/apps/{app}/machines/{id}/ps", get(m::ps))
         .route("/apps/{app}/machines/{id}/exec", post(m::exec))
         .route(
+            "/apps/{app}/machines/{id}/exec/ws",
+            get(routes::sessions::exec_ws),
+        )
+        .route("/apps/{app}/logs", get(routes::sessions::logs))
+        .route(
             "/apps/{app}/machines/{id}/lease",
             get(m::show_lease)
                 .post(m::create_lease)

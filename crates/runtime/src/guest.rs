@@ -346,6 +346,22 @@ impl Guest {
         }
     }
 
+    /// Starts an interactive exec (a shell, `exec -t`): stdin, resizes and signals go in as
+    /// they come, output comes out as it is produced. Returns once the command has started.
+    pub async fn session(&self, spec: ExecSpec) -> Result<ExecSession, GuestError> {
+        let mut pending = Guest::register(&self.inner, Op::Exec(spec))?;
+        match tokio::time::timeout(ANSWER_TIMEOUT, pending.events.recv()).await {
+            Err(_) => return Err(GuestError::Timeout),
+            Ok(None) => return Err(GuestError::Lost),
+            Ok(Some(Event::Reply { error: Some(e), .. })) => return Err(GuestError::Refused(e)),
+            Ok(Some(_)) => {}
+        }
+        Ok(ExecSession {
+            guest: self.clone(),
+            pending,
+        })
+    }
+
     /// The machine's processes, as init sees them.
     pub async fn ps(&self) -> Result<Vec<ProcessInfo>, GuestError> {
         let pending = Guest::register(&self.inner, Op::Ps)?;
@@ -424,6 +440,64 @@ async fn collect(pending: &mut Pending) -> Result<ExecOutput, GuestError> {
                 return Err(GuestError::Protocol(format!(
                     "unexpected event for an exec: {other:?}"
                 )))
+            }
+        }
+    }
+}
+
+/// What an interactive exec produces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionEvent {
+    Output { stream: Stream, data: Vec<u8> },
+    Exit(ExitStatus),
+}
+
+/// A running interactive exec. Dropping it leaves the command to init, which kills what is
+/// left of an exec when its connection closes.
+pub struct ExecSession {
+    guest: Guest,
+    pending: Pending,
+}
+
+impl ExecSession {
+    /// Fire and forget: init's reply to each of these carries nothing the session needs.
+    fn send(&self, op: Op) -> Result<(), GuestError> {
+        Guest::register(&self.guest.inner, op).map(drop)
+    }
+
+    pub fn input(&self, data: Vec<u8>, eof: bool) -> Result<(), GuestError> {
+        self.send(Op::ExecInput {
+            exec: self.pending.id,
+            data,
+            eof,
+        })
+    }
+
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<(), GuestError> {
+        self.send(Op::ExecResize {
+            exec: self.pending.id,
+            rows,
+            cols,
+        })
+    }
+
+    pub fn signal(&self, signal: i32) -> Result<(), GuestError> {
+        self.send(Op::ExecSignal {
+            exec: self.pending.id,
+            signal,
+        })
+    }
+
+    /// The next output or the exit; `None` once the exit was delivered or the connection is
+    /// gone.
+    pub async fn next(&mut self) -> Option<SessionEvent> {
+        loop {
+            match self.pending.events.recv().await? {
+                Event::ExecOutput { stream, data, .. } => {
+                    return Some(SessionEvent::Output { stream, data })
+                }
+                Event::ExecExit { status, .. } => return Some(SessionEvent::Exit(status)),
+                _ => continue,
             }
         }
     }

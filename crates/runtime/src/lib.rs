@@ -17,7 +17,7 @@ pub mod guest;
 pub mod keeper;
 pub mod sandbox;
 
-pub use guest::{ExecOutput, Guest, GuestError};
+pub use guest::{ExecOutput, ExecSession, Guest, GuestError, SessionEvent};
 pub use sandbox::{become_subreaper, Sandbox, SandboxConfig};
 
 /// What a runtime needs to boot one machine.

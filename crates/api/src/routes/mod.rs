@@ -3,3 +3,4 @@ pub mod images;
 pub mod machines;
 pub mod platform;
 pub mod secrets;
+pub mod sessions;
