@@ -36,12 +36,12 @@ mod schedule;
 mod secrets;
 
 pub use error::AgentError;
-pub use metadata::MetadataChange;
-pub use operations::PsSort;
-pub use org::OrgQuery;
 pub use hangar_proto::Stream as OutputStream;
 pub use hangar_runtime::{ExecSession, SessionEvent};
 pub use logs::LogLine;
+pub use metadata::MetadataChange;
+pub use operations::PsSort;
+pub use org::OrgQuery;
 
 use events::{now_ms, rfc3339, Source};
 use machine::Command;

@@ -43,7 +43,9 @@ pub(crate) async fn keep_bounded(dir: PathBuf) {
 }
 
 fn trim_all(dir: &Path, max: u64) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "log") {
@@ -92,7 +94,9 @@ fn tail(path: &Path, lines: usize) -> std::io::Result<(Vec<String>, u64)> {
     // window starts mid-file, a partial first one.
     let end = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let begin = if start > 0 {
-        buf.iter().position(|&b| b == b'\n').map_or(end, |i| (i + 1).min(end))
+        buf.iter()
+            .position(|&b| b == b'\n')
+            .map_or(end, |i| (i + 1).min(end))
     } else {
         0
     };
@@ -133,7 +137,11 @@ fn read_new(path: &Path, offset: &mut u64) -> std::io::Result<Vec<String>> {
 
 impl Agent {
     /// The machines whose logs a request covers: one, or every live machine of the app.
-    fn log_machines(&self, app: &str, machine: Option<&str>) -> Result<Vec<(String, String)>, AgentError> {
+    fn log_machines(
+        &self,
+        app: &str,
+        machine: Option<&str>,
+    ) -> Result<Vec<(String, String)>, AgentError> {
         match machine {
             Some(id) => {
                 let rec = self.machine_record(app, id)?;
@@ -153,7 +161,12 @@ impl Agent {
     }
 
     /// The last `lines` lines of each machine's log, machine by machine.
-    pub fn logs(&self, app: &str, machine: Option<&str>, lines: usize) -> Result<Vec<LogLine>, AgentError> {
+    pub fn logs(
+        &self,
+        app: &str,
+        machine: Option<&str>,
+        lines: usize,
+    ) -> Result<Vec<LogLine>, AgentError> {
         let mut out = Vec::new();
         for (id, region) in self.log_machines(app, machine)? {
             let (tail, _) = tail(&self.inner.log_path(&id), lines)
@@ -181,7 +194,11 @@ impl Agent {
             let (tail, offset) = tail(&self.inner.log_path(&id), lines)
                 .map_err(|e| AgentError::Internal(format!("cannot read the log of {id}: {e}")))?;
             for message in tail {
-                let line = LogLine { instance: id.clone(), region: region.clone(), message };
+                let line = LogLine {
+                    instance: id.clone(),
+                    region: region.clone(),
+                    message,
+                };
                 if tx.send(line).await.is_err() {
                     return Ok(());
                 }
@@ -200,7 +217,11 @@ impl Agent {
                 let offset = offsets.entry(id.clone()).or_insert(0);
                 let new = read_new(&self.inner.log_path(&id), offset).unwrap_or_default();
                 for message in new {
-                    let line = LogLine { instance: id.clone(), region: region.clone(), message };
+                    let line = LogLine {
+                        instance: id.clone(),
+                        region: region.clone(),
+                        message,
+                    };
                     if tx.send(line).await.is_err() {
                         return Ok(());
                     }
@@ -226,14 +247,21 @@ mod tests {
         assert_eq!(read_new(&path, &mut offset).unwrap(), Vec::<String>::new());
         f.write_all(b"ial\nfour\n").unwrap();
         assert_eq!(read_new(&path, &mut offset).unwrap(), ["partial", "four"]);
-        assert_eq!(tail(&dir.path().join("none.log"), 5).unwrap().0, Vec::<String>::new());
+        assert_eq!(
+            tail(&dir.path().join("none.log"), 5).unwrap().0,
+            Vec::<String>::new()
+        );
     }
 
     #[test]
     fn trim_keeps_the_log_bounded_and_the_newest_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.log");
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
         for i in 0..20_000 {
             writeln!(f, "line {i:06}").unwrap();
         }

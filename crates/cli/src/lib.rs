@@ -1,17 +1,33 @@
-//! The `hangar` command line (all but `hangar server`): `fly machine`'s verbs over the REST API.
-//! It talks only to the API, so it works against any Hangar installation, local or remote.
+//! The `hangar` command line (all but `hangar server`): `fly machine`'s verbs and the rest of
+//! what flyctl users reach for, over the REST API only, so it works against any Hangar
+//! installation, local or remote.
+
+use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use hangar_types::{App, ExecResponse, ListAppsResponse, Machine, MachineEvent, WaitResponse};
+use futures::StreamExt;
+use hangar_types::{App, AppSecrets, ListAppsResponse, Machine};
 use serde_json::{json, Value};
-use std::process::ExitCode;
 
 mod client;
+mod context;
+mod image;
+mod machine;
 mod output;
+mod spec;
+mod terminal;
 
 pub use client::default_data_dir;
 use client::Client;
+
+/// Options every command takes.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Globals {
+    /// Print the API's JSON instead of tables and messages
+    #[arg(long, global = true)]
+    pub json: bool,
+}
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -20,10 +36,35 @@ pub enum Command {
     Apps(AppsCommand),
     /// Manage machines
     #[command(subcommand, visible_alias = "m", alias = "machines")]
-    Machine(MachineCommand),
+    Machine(machine::MachineCommand),
     /// Manage the host's images
     #[command(subcommand)]
-    Image(ImageCommand),
+    Image(image::ImageCommand),
+    /// Manage an app's secrets
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// Show the output of an app's machines
+    Logs {
+        #[command(flatten)]
+        app: AppArg,
+        /// Only this machine
+        #[arg(short = 'i', long = "instance", alias = "machine")]
+        machine: Option<String>,
+        /// Keep printing new lines as they come
+        #[arg(short, long)]
+        follow: bool,
+        /// How many recent lines to show first
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: u64,
+    },
+    /// Show an app and its machines
+    Status {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Switch between Hangar installations (API URL and token)
+    #[command(subcommand)]
+    Context(ContextCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -31,139 +72,80 @@ pub enum AppsCommand {
     /// Create an app
     Create {
         name: String,
-        #[arg(long, default_value = "personal")]
+        #[arg(short, long, default_value = "personal")]
         org: String,
     },
     /// List apps
     #[command(visible_alias = "ls")]
     List {
-        #[arg(long, default_value = "personal")]
+        #[arg(short, long, default_value = "personal")]
         org: String,
     },
     /// Destroy an app and all of its machines
-    #[command(visible_alias = "delete")]
+    #[command(visible_aliases = ["delete", "rm"])]
     Destroy { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Set secrets: NAME=VALUE ... (machines get them at their next start)
+    Set {
+        #[arg(required = true, value_name = "NAME=VALUE")]
+        values: Vec<String>,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// List secrets (names and digests; values never leave the server)
+    #[command(visible_alias = "ls")]
+    List {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Remove secrets
+    #[command(visible_alias = "rm")]
+    Unset {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        app: AppArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContextCommand {
+    /// Add (or replace) a context
+    Add {
+        name: String,
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        token: Option<String>,
+        /// Also make it the current context
+        #[arg(long = "use")]
+        use_it: bool,
+    },
+    /// Make a context the current one
+    Use { name: String },
+    /// List contexts
+    #[command(visible_alias = "ls")]
+    List,
+    /// Remove a context
+    #[command(visible_alias = "rm")]
+    Remove { name: String },
+    /// Show the current context
+    Current,
 }
 
 #[derive(Args, Debug)]
 pub struct AppArg {
     /// App name (defaults to $HANGAR_APP)
     #[arg(short = 'a', long = "app", env = "HANGAR_APP")]
-    app: String,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum MachineCommand {
-    /// Create and start a machine from an image
-    Run(RunArgs),
-    /// List an app's machines
-    #[command(visible_alias = "ls")]
-    List {
-        #[command(flatten)]
-        app: AppArg,
-        /// Only print machine ids
-        #[arg(short, long)]
-        quiet: bool,
-    },
-    /// Show a machine's details and recent events
-    Status {
-        id: String,
-        #[command(flatten)]
-        app: AppArg,
-    },
-    /// Start stopped machines
-    Start {
-        #[arg(required = true)]
-        ids: Vec<String>,
-        #[command(flatten)]
-        app: AppArg,
-    },
-    /// Stop running machines
-    Stop {
-        #[arg(required = true)]
-        ids: Vec<String>,
-        #[command(flatten)]
-        app: AppArg,
-        /// Signal to send (default: the machine's stop_config, else SIGINT)
-        #[arg(short, long)]
-        signal: Option<String>,
-        /// Seconds to wait before SIGKILL
-        #[arg(long)]
-        timeout: Option<u64>,
-    },
-    /// Destroy machines
-    #[command(visible_aliases = ["rm", "remove"])]
-    Destroy {
-        #[arg(required = true)]
-        ids: Vec<String>,
-        #[command(flatten)]
-        app: AppArg,
-        /// Kill running machines instead of refusing
-        #[arg(short, long)]
-        force: bool,
-    },
-    /// Run a command in a running machine and print its output
-    Exec {
-        id: String,
-        /// The command and its arguments
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-        command: Vec<String>,
-        #[command(flatten)]
-        app: AppArg,
-        /// Seconds before the command is killed
-        #[arg(long)]
-        timeout: Option<u64>,
-    },
-}
-
-#[derive(Args, Debug)]
-pub struct RunArgs {
-    /// Image reference
-    image: String,
-    /// Command to run instead of the image's CMD
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
-    #[command(flatten)]
-    app: AppArg,
-    /// Machine name
-    #[arg(short, long)]
-    name: Option<String>,
-    /// Region to place the machine in
-    #[arg(short, long)]
-    region: Option<String>,
-    /// Environment variable NAME=VALUE (repeatable)
-    #[arg(short, long = "env", value_name = "NAME=VALUE")]
-    env: Vec<String>,
-    /// Entrypoint, replacing the image's
-    #[arg(long)]
-    entrypoint: Option<String>,
-    /// Restart policy: no, always or on-failure
-    #[arg(long)]
-    restart: Option<String>,
-    /// Destroy the machine when its process exits
-    #[arg(long)]
-    rm: bool,
-    /// Return as soon as the machine is created, without waiting for it to start
-    #[arg(short, long)]
-    detach: bool,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum ImageCommand {
-    /// Import an OCI layout directory, OCI archive or `docker save` tarball
-    Import {
-        path: std::path::PathBuf,
-        /// Reference to give the image (default: the name recorded in the archive)
-        reference: Option<String>,
-    },
-    /// List the host's images
-    #[command(visible_alias = "ls")]
-    List,
+    pub app: String,
 }
 
 /// Runs a command; errors become one line on stderr and a non-zero exit.
-pub async fn run(cmd: Command) -> ExitCode {
-    match dispatch(cmd).await {
+pub async fn run(cmd: Command, globals: Globals) -> ExitCode {
+    match dispatch(cmd, &globals).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("Error: {}", output::one_line(&e));
@@ -172,25 +154,44 @@ pub async fn run(cmd: Command) -> ExitCode {
     }
 }
 
-async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
-    let api = client::from_env()?;
-    match cmd {
-        Command::Apps(c) => apps(&api, c).await,
-        Command::Machine(c) => machine(&api, c).await,
-        Command::Image(c) => image(&api, c).await,
+async fn dispatch(cmd: Command, g: &Globals) -> anyhow::Result<ExitCode> {
+    if let Command::Context(c) = cmd {
+        return contexts(c, g).map(|()| ExitCode::SUCCESS);
     }
+    let api = client::connect()?;
+    match cmd {
+        Command::Apps(c) => apps(&api, c, g).await?,
+        Command::Machine(c) => return machine::run(&api, c, g).await,
+        Command::Image(c) => return image::run(&api, c).await,
+        Command::Secrets(c) => secrets(&api, c, g).await?,
+        Command::Logs {
+            app,
+            machine,
+            follow,
+            lines,
+        } => logs(&api, &app.app, machine.as_deref(), follow, lines, g).await?,
+        Command::Status { app } => app_status(&api, &app.app, g).await?,
+        Command::Context(_) => unreachable!("handled above"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-async fn apps(api: &Client, cmd: AppsCommand) -> anyhow::Result<ExitCode> {
+async fn apps(api: &Client, cmd: AppsCommand, g: &Globals) -> anyhow::Result<()> {
     match cmd {
         AppsCommand::Create { name, org } => {
             let app: App = api
                 .post("/apps", Some(json!({ "name": name, "org_slug": org })))
                 .await?;
+            if g.json {
+                return output::json(&app);
+            }
             println!("New app created: {}", app.name);
         }
         AppsCommand::List { org } => {
             let list: ListAppsResponse = api.get(&format!("/apps?org_slug={org}")).await?;
+            if g.json {
+                return output::json(&list.apps);
+            }
             let rows = list
                 .apps
                 .iter()
@@ -210,390 +211,220 @@ async fn apps(api: &Client, cmd: AppsCommand) -> anyhow::Result<ExitCode> {
             println!("Destroyed app {name}");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
-async fn machine(api: &Client, cmd: MachineCommand) -> anyhow::Result<ExitCode> {
+async fn secrets(api: &Client, cmd: SecretsCommand, g: &Globals) -> anyhow::Result<()> {
     match cmd {
-        MachineCommand::Run(args) => run_machine(api, args).await?,
-        MachineCommand::List { app, quiet } => {
-            let machines: Vec<Machine> = api.get(&format!("/apps/{}/machines", app.app)).await?;
-            if quiet {
-                for m in &machines {
-                    println!("{}", m.id);
-                }
-            } else {
-                let rows = machines
-                    .iter()
-                    .map(|m| {
-                        vec![
-                            m.id.clone(),
-                            m.name.clone(),
-                            m.state.to_string(),
-                            m.region.clone(),
-                            m.config.image.clone(),
-                            m.created_at.clone(),
-                        ]
-                    })
-                    .collect();
-                output::table(&["ID", "NAME", "STATE", "REGION", "IMAGE", "CREATED"], rows);
+        SecretsCommand::Set { values, app } => {
+            let mut map = serde_json::Map::new();
+            for kv in values {
+                let (k, v) = kv
+                    .split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .with_context(|| format!("{kv:?} must look like NAME=VALUE"))?;
+                map.insert(k.to_string(), json!(v));
             }
-        }
-        MachineCommand::Status { id, app } => {
-            let m: Machine = api.get(&format!("/apps/{}/machines/{id}", app.app)).await?;
-            println!("Machine ID: {}", m.id);
-            println!("Instance ID: {}", m.instance_id);
-            println!("State: {}", m.state);
-            println!();
-            let image = format!(
-                "{}/{}:{} ({})",
-                m.image_ref.registry, m.image_ref.repository, m.image_ref.tag, m.image_ref.digest
-            );
-            let guest = m.config.effective_guest();
-            let fields = [
-                ("ID", m.id.clone()),
-                ("Name", m.name.clone()),
-                ("State", m.state.to_string()),
-                ("Region", m.region.clone()),
-                ("Image", image),
-                (
-                    "Size",
-                    format!(
-                        "{}-cpu-{}x:{}MB",
-                        guest.cpu_kind, guest.cpus, guest.memory_mb
-                    ),
-                ),
-                ("Created", m.created_at.clone()),
-                ("Updated", m.updated_at.clone()),
-            ];
-            for (k, v) in fields {
-                println!("  {k:<10} = {v}");
-            }
-            println!();
-            println!("Event Logs");
-            output::table(
-                &["STATE", "EVENT", "SOURCE", "TIMESTAMP", "INFO"],
-                m.events.iter().map(event_row).collect(),
-            );
-        }
-        MachineCommand::Start { ids, app } => {
-            for id in ids {
-                let res: Value = api
-                    .post(&format!("/apps/{}/machines/{id}/start", app.app), None)
-                    .await?;
-                let prev = res
-                    .get("previous_state")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?");
-                println!("{id} has been started (it was {prev})");
-            }
-        }
-        MachineCommand::Stop {
-            ids,
-            app,
-            signal,
-            timeout,
-        } => {
-            let mut body = json!({});
-            if let Some(s) = signal {
-                body["signal"] = json!(s);
-            }
-            if let Some(t) = timeout {
-                body["timeout"] = json!(format!("{t}s"));
-            }
-            for id in ids {
-                let _: Value = api
-                    .post(
-                        &format!("/apps/{}/machines/{id}/stop", app.app),
-                        Some(body.clone()),
-                    )
-                    .await?;
-                println!("Sent stop signal to machine {id}");
-            }
-        }
-        MachineCommand::Destroy { ids, app, force } => {
-            for id in ids {
-                api.delete(&format!("/apps/{}/machines/{id}?force={force}", app.app))
-                    .await?;
-                println!("Machine {id} was destroyed");
-            }
-        }
-        MachineCommand::Exec {
-            id,
-            command,
-            app,
-            timeout,
-        } => {
-            let mut body = json!({ "command": command });
-            if let Some(t) = timeout {
-                body["timeout"] = json!(t);
-            }
-            let res: ExecResponse = api
-                .post(&format!("/apps/{}/machines/{id}/exec", app.app), Some(body))
+            let res: Value = api
+                .post(
+                    &format!("/apps/{}/secrets", app.app),
+                    Some(json!({ "values": map })),
+                )
                 .await?;
-            print!("{}", res.stdout);
-            eprint!("{}", res.stderr);
-            return Ok(ExitCode::from(u8::try_from(res.exit_code).unwrap_or(1)));
+            if g.json {
+                return output::json(&res);
+            }
+            println!(
+                "Set {} secret(s) on {} (secrets version {}); machines get them at their next start",
+                map.len(),
+                app.app,
+                res["version"]
+            );
+        }
+        SecretsCommand::List { app } => {
+            let list: AppSecrets = api.get(&format!("/apps/{}/secrets", app.app)).await?;
+            if g.json {
+                return output::json(&list.secrets);
+            }
+            output::table(
+                &["NAME", "DIGEST", "UPDATED"],
+                list.secrets
+                    .iter()
+                    .map(|s| vec![s.name.clone(), s.digest.clone(), output::ago(&s.updated_at)])
+                    .collect(),
+            );
+        }
+        SecretsCommand::Unset { names, app } => {
+            let map: serde_json::Map<String, Value> =
+                names.iter().map(|n| (n.clone(), Value::Null)).collect();
+            let res: Value = api
+                .post(
+                    &format!("/apps/{}/secrets", app.app),
+                    Some(json!({ "values": map })),
+                )
+                .await?;
+            if g.json {
+                return output::json(&res);
+            }
+            println!("Removed {} secret(s) from {}", names.len(), app.app);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
-async fn run_machine(api: &Client, args: RunArgs) -> anyhow::Result<()> {
-    let mut config = json!({ "image": args.image });
-    let mut env = serde_json::Map::new();
-    for kv in &args.env {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--env {kv:?} must look like NAME=VALUE"))?;
-        env.insert(k.to_string(), json!(v));
+async fn logs(
+    api: &Client,
+    app: &str,
+    machine: Option<&str>,
+    follow: bool,
+    lines: u64,
+    g: &Globals,
+) -> anyhow::Result<()> {
+    let mut query = format!("/apps/{app}/logs?lines={lines}");
+    if let Some(m) = machine {
+        query.push_str(&format!("&instance={m}"));
     }
-    if !env.is_empty() {
-        config["env"] = Value::Object(env);
-    }
-    let mut init = serde_json::Map::new();
-    if let Some(ep) = &args.entrypoint {
-        let argv = split_words(ep)
-            .with_context(|| format!("--entrypoint {ep:?} has unbalanced quotes"))?;
-        init.insert("entrypoint".into(), json!(argv));
-    }
-    if !args.command.is_empty() {
-        init.insert("cmd".into(), json!(args.command));
-    }
-    if !init.is_empty() {
-        config["init"] = Value::Object(init);
-    }
-    if let Some(policy) = &args.restart {
-        if !["no", "always", "on-failure"].contains(&policy.as_str()) {
-            bail!("--restart must be one of no, always, on-failure (got {policy:?})");
+    let print = |line: &Value| {
+        if g.json {
+            println!("{line}");
+        } else {
+            println!(
+                "{} [{}] {}",
+                line["region"].as_str().unwrap_or_default(),
+                line["instance"].as_str().unwrap_or_default(),
+                line["message"].as_str().unwrap_or_default()
+            );
         }
-        config["restart"] = json!({ "policy": policy });
-    }
-    if args.rm {
-        config["auto_destroy"] = json!(true);
-    }
-    let mut body = json!({ "config": config });
-    if let Some(n) = &args.name {
-        body["name"] = json!(n);
-    }
-    if let Some(r) = &args.region {
-        body["region"] = json!(r);
-    }
-    let m: Machine = api
-        .post(&format!("/apps/{}/machines", args.app.app), Some(body))
-        .await?;
-    println!("Machine {} ({}) created", m.id, m.name);
-    if args.detach {
+    };
+    if !follow {
+        let lines: Vec<Value> = api.get(&query).await?;
+        lines.iter().for_each(print);
         return Ok(());
     }
-    let path = format!(
-        "/apps/{}/machines/{}/wait?state=started&timeout=60",
-        args.app.app, m.id
-    );
-    let waited: anyhow::Result<WaitResponse> = api.get(&path).await;
-    match waited {
-        Ok(_) => println!("Machine {} is started", m.id),
-        Err(e) => {
-            // The machine may have started and already exited, or failed to boot: say which.
-            let now: Machine = api
-                .get(&format!("/apps/{}/machines/{}", args.app.app, m.id))
-                .await?;
-            if now
-                .events
-                .iter()
-                .any(|e| e.kind == "start" && e.status == "started")
-            {
-                println!("Machine {} started and is now {}", m.id, now.state);
-            } else {
-                let why = now
-                    .events
-                    .iter()
-                    .find_map(|e| {
-                        e.request
-                            .as_ref()?
-                            .get("error")?
-                            .as_str()
-                            .map(str::to_string)
-                    })
-                    .unwrap_or_else(|| e.to_string());
-                bail!("machine {} did not start: {why}", m.id);
+    let res = api.stream(&format!("{query}&follow=true")).await?;
+    let mut body = res.bytes_stream();
+    let mut pending = Vec::new();
+    while let Some(chunk) = body.next().await {
+        pending.extend_from_slice(&chunk.context("the log stream broke")?);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            if let Ok(v) = serde_json::from_slice::<Value>(&line) {
+                print(&v);
+                use std::io::Write;
+                std::io::stdout().flush()?;
             }
         }
     }
     Ok(())
 }
 
-async fn image(api: &Client, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+async fn app_status(api: &Client, app: &str, g: &Globals) -> anyhow::Result<()> {
+    let info: App = api.get(&format!("/apps/{app}")).await?;
+    let machines: Vec<Machine> = api.get(&format!("/apps/{app}/machines")).await?;
+    if g.json {
+        return output::json(&json!({ "app": info, "machines": machines }));
+    }
+    println!("App");
+    println!("  Name     = {}", info.name);
+    println!("  Owner    = {}", info.organization.slug);
+    println!("  Machines = {}", info.machine_count);
+    println!();
+    if machines.is_empty() {
+        println!("No machines");
+        return Ok(());
+    }
+    output::table(
+        &[
+            "ID", "NAME", "STATE", "REGION", "IMAGE", "VERSION", "UPDATED",
+        ],
+        machines
+            .iter()
+            .map(|m| {
+                vec![
+                    m.id.clone(),
+                    m.name.clone(),
+                    output::state(&m.state.to_string()),
+                    m.region.clone(),
+                    m.config.image.clone(),
+                    m.instance_id.clone(),
+                    output::ago(&m.updated_at),
+                ]
+            })
+            .collect(),
+    );
+    Ok(())
+}
+
+fn contexts(cmd: ContextCommand, g: &Globals) -> anyhow::Result<()> {
+    let mut config = context::Config::load()?;
     match cmd {
-        ImageCommand::Import { path, reference } => {
-            let archive = archive_for_upload(&path)?;
-            let file = tokio::fs::File::open(archive.path())
-                .await
-                .context("opening the archive")?;
-            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
-            let query = reference
-                .map(|r| format!("?ref={}", urlencode(&r)))
-                .unwrap_or_default();
-            let res: Value = api.upload(&format!("/images/import{query}"), body).await?;
-            println!(
-                "Imported {} ({})",
-                res.get("reference").and_then(Value::as_str).unwrap_or("?"),
-                res.get("digest").and_then(Value::as_str).unwrap_or("?")
-            );
+        ContextCommand::Add {
+            name,
+            url,
+            token,
+            use_it,
+        } => {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                bail!("--url {url:?} must start with http:// or https://");
+            }
+            config
+                .contexts
+                .insert(name.clone(), context::ApiContext { url, token });
+            if use_it || config.current.is_none() {
+                config.current = Some(name.clone());
+            }
+            config.save()?;
+            println!("Context {name} saved in {}", context::path().display());
         }
-        ImageCommand::List => {
-            let images: Vec<Value> = api.get("/images").await?;
-            let rows = images
+        ContextCommand::Use { name } => {
+            config.use_context(&name)?;
+            config.save()?;
+            println!("Now using context {name}");
+        }
+        ContextCommand::List => {
+            if g.json {
+                let list: Vec<Value> = config
+                    .contexts
+                    .iter()
+                    .map(|(n, c)| json!({ "name": n, "url": c.url, "current": config.current.as_deref() == Some(n) }))
+                    .collect();
+                return output::json(&list);
+            }
+            let rows = config
+                .contexts
                 .iter()
-                .map(|i| {
-                    let s = |k: &str| {
-                        i.get(k)
-                            .map(|v| {
-                                v.as_str()
-                                    .map(str::to_string)
-                                    .unwrap_or_else(|| v.to_string())
-                            })
-                            .unwrap_or_default()
+                .map(|(n, c)| {
+                    let mark = if config.current.as_deref() == Some(n) {
+                        "*"
+                    } else {
+                        ""
                     };
-                    let digest = s("digest");
-                    vec![
-                        s("reference"),
-                        digest.chars().take(19).collect(),
-                        output::bytes(i.get("size").and_then(Value::as_u64).unwrap_or(0)),
-                    ]
+                    vec![mark.to_string(), n.clone(), c.url.clone()]
                 })
                 .collect();
-            output::table(&["REFERENCE", "DIGEST", "SIZE"], rows);
+            output::table(&["CURRENT", "NAME", "URL"], rows);
+        }
+        ContextCommand::Remove { name } => {
+            if config.contexts.remove(&name).is_none() {
+                bail!("no context named {name:?} (known: {})", config.names());
+            }
+            if config.current.as_deref() == Some(&name) {
+                config.current = None;
+            }
+            config.save()?;
+            println!("Context {name} removed");
+        }
+        ContextCommand::Current => {
+            let (url, _) = config.resolve()?;
+            let name = config
+                .current
+                .clone()
+                .unwrap_or_else(|| "(none: the local server)".into());
+            if g.json {
+                return output::json(&json!({ "name": config.current, "url": url }));
+            }
+            println!("{name} {url}");
         }
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The file to upload: an archive as is, or a layout directory packed into a temporary tar.
-enum Upload {
-    File(std::path::PathBuf),
-    Packed(tempfile::NamedTempFile),
-}
-
-impl Upload {
-    fn path(&self) -> &std::path::Path {
-        match self {
-            Upload::File(p) => p,
-            Upload::Packed(t) => t.path(),
-        }
-    }
-}
-
-fn archive_for_upload(path: &std::path::Path) -> anyhow::Result<Upload> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.is_file() {
-        return Ok(Upload::File(path.to_path_buf()));
-    }
-    if !path.join("index.json").is_file() && !path.join("manifest.json").is_file() {
-        bail!(
-            "{} is neither an image archive nor an OCI layout directory (no index.json)",
-            path.display()
-        );
-    }
-    let tmp = tempfile::NamedTempFile::new().context("creating a temporary archive")?;
-    let mut builder = tar::Builder::new(tmp.reopen()?);
-    builder.follow_symlinks(false);
-    builder
-        .append_dir_all(".", path)
-        .with_context(|| format!("packing {}", path.display()))?;
-    builder.finish()?;
-    Ok(Upload::Packed(tmp))
-}
-
-fn event_row(e: &MachineEvent) -> Vec<String> {
-    let info = e
-        .request
-        .as_ref()
-        .map(|r| {
-            if let Some(x) = r.get("exit_event") {
-                let code = x.get("exit_code").and_then(Value::as_i64).unwrap_or(-1);
-                let oom = x
-                    .get("oom_killed")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                let mut s = format!("exit_code={code}");
-                if oom {
-                    s.push_str(",oom_killed=true");
-                }
-                if x.get("requested_stop").and_then(Value::as_bool) == Some(true) {
-                    s.push_str(",requested_stop=true");
-                }
-                s
-            } else if let Some(err) = r.get("error").and_then(Value::as_str) {
-                err.to_string()
-            } else {
-                String::new()
-            }
-        })
-        .unwrap_or_default();
-    vec![
-        e.status.clone(),
-        e.kind.clone(),
-        e.source.clone(),
-        output::timestamp_ms(e.timestamp),
-        info,
-    ]
-}
-
-fn split_words(s: &str) -> Option<Vec<String>> {
-    // Whitespace splitting with simple double quotes, enough for an entrypoint flag.
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut any = false;
-    for c in s.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                any = true;
-            }
-            c if c.is_whitespace() && !quoted => {
-                if any {
-                    out.push(std::mem::take(&mut cur));
-                    any = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                any = true;
-            }
-        }
-    }
-    if quoted {
-        return None;
-    }
-    if any {
-        out.push(cur);
-    }
-    Some(out)
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn words() {
-        assert_eq!(split_words("/bin/sh -c").unwrap(), ["/bin/sh", "-c"]);
-        assert_eq!(split_words("\"a b\" c").unwrap(), ["a b", "c"]);
-        assert!(split_words("\"open").is_none());
-        assert_eq!(urlencode("reg:5000/a b"), "reg%3A5000%2Fa%20b");
-    }
+    Ok(())
 }

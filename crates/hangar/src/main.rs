@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod server;
 
@@ -16,6 +16,8 @@ mod server;
 struct Cli {
     #[command(subcommand)]
     command: Top,
+    #[command(flatten)]
+    globals: hangar_cli::Globals,
 }
 
 #[derive(Subcommand)]
@@ -24,6 +26,10 @@ enum Top {
     Server(server::ServerArgs),
     #[command(flatten)]
     Client(hangar_cli::Command),
+    /// Print a shell completion script: `hangar completion bash > /etc/bash_completion.d/hangar`
+    Completion { shell: clap_complete::Shell },
+    /// Write man pages for hangar and its subcommands into a directory
+    Man { dir: std::path::PathBuf },
     /// The per-host keeper of machine processes; started by the server, not by hand
     #[command(hide = true)]
     Keeper { dir: std::path::PathBuf },
@@ -40,6 +46,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    match &cli.command {
+        Top::Completion { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "hangar", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Top::Man { dir } => {
+            return match write_man_pages(dir) {
+                Ok(n) => {
+                    println!("Wrote {n} man pages to {}", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("Error: cannot write man pages to {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -59,7 +85,32 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Top::Client(cmd) => runtime.block_on(hangar_cli::run(cmd)),
-        Top::Keeper { .. } => unreachable!("handled before the runtime starts"),
+        Top::Client(cmd) => runtime.block_on(hangar_cli::run(cmd, cli.globals)),
+        Top::Keeper { .. } | Top::Completion { .. } | Top::Man { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
+}
+
+/// One page per command and subcommand (`hangar-machine-run.1`...), as `man` expects them.
+fn write_man_pages(dir: &std::path::Path) -> std::io::Result<usize> {
+    fn walk(cmd: &clap::Command, prefix: &str, dir: &std::path::Path) -> std::io::Result<usize> {
+        let name = if prefix.is_empty() {
+            cmd.get_name().to_string()
+        } else {
+            format!("{prefix}-{}", cmd.get_name())
+        };
+        let page = cmd.clone().name(name.clone());
+        let mut out = std::fs::File::create(dir.join(format!("{name}.1")))?;
+        clap_mangen::Man::new(page).render(&mut out)?;
+        let mut n = 1;
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            n += walk(sub, &name, dir)?;
+        }
+        Ok(n)
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    walk(&cmd, "", dir)
 }

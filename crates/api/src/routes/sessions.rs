@@ -39,7 +39,13 @@ pub async fn exec_ws(
     };
     // Start the command before upgrading, so a refusal is an ordinary JSON error.
     let session = agent
-        .exec_session(&app, &id, (!command.is_empty()).then_some(command), cmd, size)
+        .exec_session(
+            &app,
+            &id,
+            (!command.is_empty()).then_some(command),
+            cmd,
+            size,
+        )
         .await?;
     Ok(ws.on_upgrade(move |socket| pump(socket, session)))
 }
@@ -104,8 +110,6 @@ async fn pump(socket: WebSocket, mut session: hangar_agent::ExecSession) {
     }
 }
 
-
-
 /// `GET /apps/{app}/logs?instance=ID&lines=N&follow=true`: the last lines of each machine's
 /// console; with `follow`, an NDJSON stream of lines as they are written.
 pub async fn logs(
@@ -123,7 +127,9 @@ pub async fn logs(
     agent.logs(&app, instance.as_deref(), 0)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<LogLine>(256);
     tokio::spawn(async move {
-        let _ = agent.follow_logs(&app, instance.as_deref(), lines, tx).await;
+        let _ = agent
+            .follow_logs(&app, instance.as_deref(), lines, tx)
+            .await;
     });
     let body = futures::stream::unfold(rx, |mut rx| async move {
         let line = rx.recv().await?;
