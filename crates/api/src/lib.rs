@@ -56,8 +56,15 @@ pub fn router(agent: Agent, token: String) -> Router {
             "/apps/{app}/machines/{id}/exec",
             post(routes::machines::exec),
         )
-        .route("/images", get(routes::images::list))
+        .route(
+            "/images",
+            get(routes::images::list).delete(routes::images::remove),
+        )
         .route("/images/import", post(routes::images::import))
+        .route("/images/inspect", get(routes::images::inspect))
+        .route("/images/pull", post(routes::images::pull))
+        .route("/images/pulls", get(routes::images::pulls))
+        .route("/images/prune", post(routes::images::prune))
         .layer(middleware::from_fn_with_state(
             Arc::new(token),
             auth::require_token,

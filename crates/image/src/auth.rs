@@ -222,7 +222,7 @@ mod tests {
             from_docker_config(json.as_bytes(), "other").unwrap(),
             None
         );
-        assert!(from_docker_config(b"[]", "x").is_err());
+        assert!(from_docker_config(br#"{"auths": 5}"#, "x").is_err());
         assert!(from_docker_config(br#"{"auths":{"x":{"auth":"!!"}}}"#, "x")
             .unwrap_err()
             .contains("invalid auth"));
