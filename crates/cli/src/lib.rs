@@ -8,10 +8,12 @@ use serde_json::{json, Value};
 use std::process::ExitCode;
 
 mod client;
+mod image;
 mod output;
 
 pub use client::default_data_dir;
 use client::Client;
+pub use image::ImageCommand;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -148,19 +150,6 @@ pub struct RunArgs {
     detach: bool,
 }
 
-#[derive(Subcommand, Debug)]
-pub enum ImageCommand {
-    /// Import an OCI layout directory, OCI archive or `docker save` tarball
-    Import {
-        path: std::path::PathBuf,
-        /// Reference to give the image (default: the name recorded in the archive)
-        reference: Option<String>,
-    },
-    /// List the host's images
-    #[command(visible_alias = "ls")]
-    List,
-}
-
 /// Runs a command; errors become one line on stderr and a non-zero exit.
 pub async fn run(cmd: Command) -> ExitCode {
     match dispatch(cmd).await {
@@ -177,7 +166,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Apps(c) => apps(&api, c).await,
         Command::Machine(c) => machine(&api, c).await,
-        Command::Image(c) => image(&api, c).await,
+        Command::Image(c) => image::run(&api, c).await,
     }
 }
 
@@ -421,89 +410,6 @@ async fn run_machine(api: &Client, args: RunArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn image(api: &Client, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
-    match cmd {
-        ImageCommand::Import { path, reference } => {
-            let archive = archive_for_upload(&path)?;
-            let file = tokio::fs::File::open(archive.path())
-                .await
-                .context("opening the archive")?;
-            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
-            let query = reference
-                .map(|r| format!("?ref={}", urlencode(&r)))
-                .unwrap_or_default();
-            let res: Value = api.upload(&format!("/images/import{query}"), body).await?;
-            println!(
-                "Imported {} ({})",
-                res.get("reference").and_then(Value::as_str).unwrap_or("?"),
-                res.get("digest").and_then(Value::as_str).unwrap_or("?")
-            );
-        }
-        ImageCommand::List => {
-            let images: Vec<Value> = api.get("/images").await?;
-            let rows = images
-                .iter()
-                .map(|i| {
-                    let s = |k: &str| {
-                        i.get(k)
-                            .map(|v| {
-                                v.as_str()
-                                    .map(str::to_string)
-                                    .unwrap_or_else(|| v.to_string())
-                            })
-                            .unwrap_or_default()
-                    };
-                    let digest = s("digest");
-                    vec![
-                        s("reference"),
-                        digest.chars().take(19).collect(),
-                        output::bytes(i.get("size").and_then(Value::as_u64).unwrap_or(0)),
-                    ]
-                })
-                .collect();
-            output::table(&["REFERENCE", "DIGEST", "SIZE"], rows);
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The file to upload: an archive as is, or a layout directory packed into a temporary tar.
-enum Upload {
-    File(std::path::PathBuf),
-    Packed(tempfile::NamedTempFile),
-}
-
-impl Upload {
-    fn path(&self) -> &std::path::Path {
-        match self {
-            Upload::File(p) => p,
-            Upload::Packed(t) => t.path(),
-        }
-    }
-}
-
-fn archive_for_upload(path: &std::path::Path) -> anyhow::Result<Upload> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.is_file() {
-        return Ok(Upload::File(path.to_path_buf()));
-    }
-    if !path.join("index.json").is_file() && !path.join("manifest.json").is_file() {
-        bail!(
-            "{} is neither an image archive nor an OCI layout directory (no index.json)",
-            path.display()
-        );
-    }
-    let tmp = tempfile::NamedTempFile::new().context("creating a temporary archive")?;
-    let mut builder = tar::Builder::new(tmp.reopen()?);
-    builder.follow_symlinks(false);
-    builder
-        .append_dir_all(".", path)
-        .with_context(|| format!("packing {}", path.display()))?;
-    builder.finish()?;
-    Ok(Upload::Packed(tmp))
 }
 
 fn event_row(e: &MachineEvent) -> Vec<String> {
