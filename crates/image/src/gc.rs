@@ -127,6 +127,10 @@ impl Inner {
         let Some(max) = self.options.max_bytes else {
             return;
         };
+        // Cached images add nothing: measure only after something was stored.
+        if !self.grown.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         match self.usage() {
             Ok(u) if u <= max => return,
             Ok(_) => {}

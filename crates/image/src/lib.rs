@@ -198,6 +198,8 @@ struct Inner {
     counters: Mutex<HashMap<String, Arc<BlobCounter>>>,
     /// Manifest digests recently handed out by pulls, and when.
     pins: Mutex<HashMap<String, Instant>>,
+    /// Set when an image is stored: only then can the store have passed its size limit.
+    grown: AtomicBool,
 }
 
 /// Where a layer's blob comes from.
@@ -254,6 +256,8 @@ impl ImageStore {
                 active: Mutex::new(HashMap::new()),
                 counters: Mutex::new(HashMap::new()),
                 pins: Mutex::new(HashMap::new()),
+                // The limit may have been lowered since the last run: measure once.
+                grown: AtomicBool::new(true),
             }),
         })
     }
@@ -683,6 +687,7 @@ impl Inner {
             last_used_ms: now,
         };
         self.layout.put_image(&rec)?;
+        self.grown.store(true, Ordering::Relaxed);
         Ok(rec)
     }
 
