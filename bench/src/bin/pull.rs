@@ -30,7 +30,14 @@ const FILES_PER_LAYER: usize = 20;
 /// Bytes that compress to roughly half: alternating runs of words and of noise.
 fn content(seed: u64, len: usize) -> Vec<u8> {
     let words: &[&[u8]] = &[
-        b"machine ", b"image ", b"layer ", b"start ", b"stop ", b"fly ", b"hangar ", b"\n",
+        b"machine ",
+        b"image ",
+        b"layer ",
+        b"start ",
+        b"stop ",
+        b"fly ",
+        b"hangar ",
+        b"\n",
     ];
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = || {
@@ -101,7 +108,9 @@ fn baseline(reference: &str, dir: &Path) -> anyhow::Result<()> {
 }
 
 async fn pull(reference: &str, parallel: usize) -> anyhow::Result<(tempfile::TempDir, ImageStore)> {
-    let dir = tempfile::Builder::new().prefix("bench-pull").tempdir_in("/var/tmp")?;
+    let dir = tempfile::Builder::new()
+        .prefix("bench-pull")
+        .tempdir_in("/var/tmp")?;
     let store = ImageStore::open(
         dir.path().join("store"),
         StoreOptions {
@@ -164,7 +173,9 @@ async fn main() -> anyhow::Result<()> {
         sequential.push(t.elapsed());
         drop((store, dir));
 
-        let dir = tempfile::Builder::new().prefix("bench-umoci").tempdir_in("/var/tmp")?;
+        let dir = tempfile::Builder::new()
+            .prefix("bench-umoci")
+            .tempdir_in("/var/tmp")?;
         let t = Instant::now();
         baseline(&reference, dir.path())?;
         base.push(t.elapsed());

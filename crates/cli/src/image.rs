@@ -44,7 +44,11 @@ pub enum ImageCommand {
 
 fn text(v: &Value, key: &str) -> String {
     v.get(key)
-        .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
+        .map(|x| {
+            x.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| x.to_string())
+        })
         .unwrap_or_default()
 }
 
@@ -60,7 +64,11 @@ pub async fn run(api: &Client, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
                 .map(|r| format!("?ref={}", urlencode(&r)))
                 .unwrap_or_default();
             let res: Value = api.upload(&format!("/images/import{query}"), body).await?;
-            println!("Imported {} ({})", text(&res, "reference"), text(&res, "digest"));
+            println!(
+                "Imported {} ({})",
+                text(&res, "reference"),
+                text(&res, "digest")
+            );
         }
         ImageCommand::List => {
             let images: Vec<Value> = api.get("/images").await?;
@@ -91,7 +99,11 @@ pub async fn run(api: &Client, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             } else {
                 pull.await?
             };
-            println!("Pulled {} ({})", text(&res, "reference"), text(&res, "digest"));
+            println!(
+                "Pulled {} ({})",
+                text(&res, "reference"),
+                text(&res, "digest")
+            );
         }
         ImageCommand::Inspect { reference } => {
             let res: Value = api
@@ -102,10 +114,7 @@ pub async fn run(api: &Client, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         ImageCommand::Rm { references } => {
             let mut failed = false;
             for r in references {
-                match api
-                    .delete(&format!("/images?ref={}", urlencode(&r)))
-                    .await
-                {
+                match api.delete(&format!("/images?ref={}", urlencode(&r))).await {
                     Ok(()) => println!("Removed {r}"),
                     Err(e) => {
                         eprintln!("Error: {r}: {}", output::one_line(&e));
@@ -119,7 +128,10 @@ pub async fn run(api: &Client, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         }
         ImageCommand::Prune => {
             let res: Value = api.post("/images/prune", None).await?;
-            let images = res.get("images").and_then(Value::as_array).map_or(0, Vec::len);
+            let images = res
+                .get("images")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
             let layers = res.get("layers").and_then(Value::as_u64).unwrap_or(0);
             let freed = res.get("freed_bytes").and_then(Value::as_u64).unwrap_or(0);
             println!(

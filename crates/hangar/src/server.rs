@@ -50,13 +50,23 @@ pub struct ServerArgs {
     #[arg(long, env = "HANGAR_IMAGE_STORE_MAX_GB", value_name = "GB")]
     image_store_max_gb: Option<f64>,
     /// Seconds a freshly pulled image is kept from automatic collection before a machine uses it
-    #[arg(long, env = "HANGAR_IMAGE_GC_GRACE_SECS", default_value_t = 300, hide = true)]
+    #[arg(
+        long,
+        env = "HANGAR_IMAGE_GC_GRACE_SECS",
+        default_value_t = 300,
+        hide = true
+    )]
     image_gc_grace_secs: u64,
     /// Registry credentials, docker config.json style; ~/.docker/config.json is read too
     #[arg(long, env = "HANGAR_REGISTRY_AUTH_FILE", value_name = "FILE")]
     registry_auth_file: Option<PathBuf>,
     /// Registry credentials: user:password, or HOST=user:password entries
-    #[arg(long, env = "HANGAR_REGISTRY_AUTH", hide_env_values = true, value_name = "AUTH")]
+    #[arg(
+        long,
+        env = "HANGAR_REGISTRY_AUTH",
+        hide_env_values = true,
+        value_name = "AUTH"
+    )]
     registry_auth: Option<String>,
 }
 
@@ -78,7 +88,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // die, its orphans come to us rather than to a host init that may never reap them.
     hangar_runtime::become_subreaper()?;
 
-    let data_dir = args.data_dir.clone().unwrap_or_else(hangar_cli::default_data_dir);
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(hangar_cli::default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))

@@ -134,8 +134,10 @@ fn image_endpoints_and_commands() {
     assert_eq!(r.status, 200, "{r:?}");
     let layers = r.body["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 2);
-    assert!(layers.iter().all(|l| l["diff_id"].as_str().unwrap().starts_with("sha256:")
-        && l["compressed_size"].as_i64().unwrap() > 0));
+    assert!(layers
+        .iter()
+        .all(|l| l["diff_id"].as_str().unwrap().starts_with("sha256:")
+            && l["compressed_size"].as_i64().unwrap() > 0));
     assert_eq!(layers[1]["size"], 1);
     assert_eq!(r.body["references"], json!([drop]));
     let cli: Value = serde_json::from_str(&ok(&w.server, &["image", "inspect", &keep])).unwrap();
@@ -164,21 +166,39 @@ fn image_endpoints_and_commands() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body["references"], json!([drop]));
     assert_eq!(r.body["layers"], 1);
-    assert_eq!(references(&w.server), [keep.clone()]);
+    assert_eq!(references(&w.server), std::slice::from_ref(&keep));
     assert!(ok(&w.server, &["image", "prune"]).contains("Removed 0 image(s)"));
-    let again = w.server.post(&format!("/v1/apps/{APP}/machines/{id}/start"), json!({}));
-    assert_eq!(again.status, 200, "the stopped machine starts again: {again:?}");
+    let again = w
+        .server
+        .post(&format!("/v1/apps/{APP}/machines/{id}/start"), json!({}));
+    assert_eq!(
+        again.status, 200,
+        "the stopped machine starts again: {again:?}"
+    );
     w.server.wait_state(APP, &id, "started");
 
     // Bad input.
-    assert_eq!(w.server.delete(&format!("/v1/images?ref={h}/nope:1")).status, 404);
+    assert_eq!(
+        w.server
+            .delete(&format!("/v1/images?ref={h}/nope:1"))
+            .status,
+        404
+    );
     assert_eq!(w.server.delete("/v1/images?ref=Not%20A%20Ref").status, 400);
     assert_eq!(w.server.delete("/v1/images").status, 400);
     assert_eq!(w.server.get("/v1/images/inspect?ref=nope:1").status, 404);
-    let r = w.server.post("/v1/images/pull", json!({ "image": format!("{h}/keep:missing") }));
+    let r = w.server.post(
+        "/v1/images/pull",
+        json!({ "image": format!("{h}/keep:missing") }),
+    );
     assert_eq!(r.status, 422, "{r:?}");
     assert!(r.error().contains(&h), "{r:?}");
-    assert_eq!(w.server.post("/v1/images/pull", json!({ "imag": "x" })).status, 400);
+    assert_eq!(
+        w.server
+            .post("/v1/images/pull", json!({ "imag": "x" }))
+            .status,
+        400
+    );
 
     // A registry that wants credentials: refused naming it without, pulled with them.
     let private = Registry::start_with_auth();
@@ -187,7 +207,10 @@ fn image_endpoints_and_commands() {
     let secret = format!("{}/secret:1", private.host());
     let r = w.server.post("/v1/images/pull", json!({ "image": secret }));
     assert_eq!(r.status, 422, "{r:?}");
-    assert!(r.error().contains(&private.host()) && r.error().contains("denied"), "{r:?}");
+    assert!(
+        r.error().contains(&private.host()) && r.error().contains("denied"),
+        "{r:?}"
+    );
     let r = w.server.post(
         "/v1/images/pull",
         json!({ "image": secret, "auth": { "username": user, "password": pass } }),
@@ -200,10 +223,16 @@ fn image_endpoints_and_commands() {
         .env("HANGAR_REGISTRY_AUTH", format!("{user}:{pass}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Once its machine is gone, the image can go.
-    let r = w.server.delete(&format!("/v1/apps/{APP}/machines/{id}?force=true"));
+    let r = w
+        .server
+        .delete(&format!("/v1/apps/{APP}/machines/{id}?force=true"));
     assert_eq!(r.status, 200, "{r:?}");
     assert!(ok(&w.server, &["image", "rm", &keep]).contains("Removed"));
     assert_eq!(references(&w.server), [secret]);
@@ -232,12 +261,23 @@ fn past_image_store_max_gb_the_least_recently_used_unused_image_goes() {
     }
     let server = TestServer::start_with(
         env!("CARGO_BIN_EXE_hangar"),
-        &["--image-store-max-gb", "0.004", "--image-gc-grace-secs", "0"],
+        &[
+            "--image-store-max-gb",
+            "0.004",
+            "--image-gc-grace-secs",
+            "0",
+        ],
     );
     let h = registry.host();
     for name in ["a", "b", "c"] {
-        let r = server.post("/v1/images/pull", json!({ "image": format!("{h}/{name}:1") }));
+        let r = server.post(
+            "/v1/images/pull",
+            json!({ "image": format!("{h}/{name}:1") }),
+        );
         assert_eq!(r.status, 200, "{r:?}");
     }
-    assert_eq!(references(&server), [format!("{h}/b:1"), format!("{h}/c:1")]);
+    assert_eq!(
+        references(&server),
+        [format!("{h}/b:1"), format!("{h}/c:1")]
+    );
 }

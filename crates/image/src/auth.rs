@@ -79,7 +79,10 @@ fn keys_for(registry: &str) -> Vec<String> {
         format!("https://{registry}/v1/"),
         format!("https://{registry}/v2/"),
     ];
-    if matches!(registry, "docker.io" | "index.docker.io" | "registry-1.docker.io") {
+    if matches!(
+        registry,
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    ) {
         keys.push("https://index.docker.io/v1/".into());
         keys.push("index.docker.io".into());
         keys.push("docker.io".into());
@@ -125,9 +128,10 @@ pub(crate) fn from_env_value(value: &str, registry: &str) -> Result<Option<Crede
         return from_docker_config(value.as_bytes(), registry);
     }
     let entries: Vec<&str> = value.split_whitespace().collect();
-    let scoped = entries
-        .iter()
-        .all(|e| e.split_once('=').is_some_and(|(host, _)| looks_like_host(host)));
+    let scoped = entries.iter().all(|e| {
+        e.split_once('=')
+            .is_some_and(|(host, _)| looks_like_host(host))
+    });
     if !scoped {
         return Credentials::parse(value).map(Some);
     }
@@ -173,8 +177,8 @@ impl CredentialSources {
     /// The first credentials any source has for `registry`. Err names the faulty source.
     pub(crate) fn lookup(&self, registry: &str) -> Result<Option<Credentials>, String> {
         if let Some(v) = &self.env_value {
-            if let Some(c) = from_env_value(v, registry)
-                .map_err(|e| format!("HANGAR_REGISTRY_AUTH: {e}"))?
+            if let Some(c) =
+                from_env_value(v, registry).map_err(|e| format!("HANGAR_REGISTRY_AUTH: {e}"))?
             {
                 return Ok(Some(c));
             }
@@ -218,10 +222,7 @@ mod tests {
             from_docker_config(json.as_bytes(), "docker.io").unwrap(),
             Some(Credentials::new("bob", "pw"))
         );
-        assert_eq!(
-            from_docker_config(json.as_bytes(), "other").unwrap(),
-            None
-        );
+        assert_eq!(from_docker_config(json.as_bytes(), "other").unwrap(), None);
         assert!(from_docker_config(br#"{"auths": 5}"#, "x").is_err());
         assert!(from_docker_config(br#"{"auths":{"x":{"auth":"!!"}}}"#, "x")
             .unwrap_err()
@@ -256,6 +257,9 @@ mod tests {
     fn debug_hides_the_password() {
         let c = Credentials::new("u", "secret");
         assert!(!format!("{c:?}").contains("secret"));
-        assert_ne!(c.fingerprint(), Credentials::new("u", "other").fingerprint());
+        assert_ne!(
+            c.fingerprint(),
+            Credentials::new("u", "other").fingerprint()
+        );
     }
 }

@@ -46,7 +46,12 @@ impl ImageStore {
             .filter(|d| !in_use.contains(d))
             .collect();
         let report = inner.sweep(&doomed)?;
-        info!(images = report.images.len(), layers = report.layers, freed = report.freed_bytes, "images pruned");
+        info!(
+            images = report.images.len(),
+            layers = report.layers,
+            freed = report.freed_bytes,
+            "images pruned"
+        );
         Ok(report)
     }
 
@@ -92,7 +97,10 @@ impl ImageStore {
         if inner.in_use()?.contains(&digest) {
             return Err(ImageError::InUse(format!(
                 "image {} ({digest}) is used by a machine on this host; destroy the machine first",
-                named.first().map(String::as_str).unwrap_or(reference.trim())
+                named
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or(reference.trim())
             )));
         }
         let report = inner.sweep(std::slice::from_ref(&digest))?;
@@ -170,7 +178,9 @@ impl Inner {
         }
         let mut candidates: Vec<&ImageRecord> = images
             .iter()
-            .filter(|i| i.digest != keep && !in_use.contains(&i.digest) && !pinned.contains(&i.digest))
+            .filter(|i| {
+                i.digest != keep && !in_use.contains(&i.digest) && !pinned.contains(&i.digest)
+            })
             .collect();
         candidates.sort_by_key(|i| (i.last_used_ms, i.created_ms));
         let mut freed = 0u64;
@@ -191,9 +201,19 @@ impl Inner {
         }
         let report = self.sweep(&doomed)?;
         let left = self.usage()?;
-        info!(images = report.images.len(), freed = report.freed_bytes, usage = left, max, "image store was over its limit; collected");
+        info!(
+            images = report.images.len(),
+            freed = report.freed_bytes,
+            usage = left,
+            max,
+            "image store was over its limit; collected"
+        );
         if left > max {
-            warn!(usage = left, max, "the image store is over its limit, but what is left is in use or was just pulled");
+            warn!(
+                usage = left,
+                max,
+                "the image store is over its limit, but what is left is in use or was just pulled"
+            );
         }
         Ok(())
     }
@@ -205,7 +225,8 @@ impl Inner {
         let mut report = PruneReport::default();
         let doomed: HashSet<&str> = doomed.iter().map(String::as_str).collect();
         for r in self.layout.references()? {
-            let gone = doomed.contains(r.digest.as_str()) || self.layout.image(&r.digest)?.is_none();
+            let gone =
+                doomed.contains(r.digest.as_str()) || self.layout.image(&r.digest)?.is_none();
             if gone {
                 self.layout.remove_reference(&r.reference)?;
                 report.references.push(r.reference);
@@ -245,9 +266,8 @@ impl Inner {
         for (d, size) in self.layout.ext4_images()? {
             if !live_images.contains(d.as_str()) {
                 let path = self.layout.ext4_path(&d)?;
-                std::fs::remove_file(&path).map_err(|e| {
-                    ImageError::io(format!("cannot remove {}", path.display()), e)
-                })?;
+                std::fs::remove_file(&path)
+                    .map_err(|e| ImageError::io(format!("cannot remove {}", path.display()), e))?;
                 report.freed_bytes += size;
             }
         }

@@ -392,8 +392,8 @@ impl Layout {
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, ImageError> {
-    let entries =
-        fs::read_dir(dir).map_err(|e| ImageError::io(format!("cannot list {}", dir.display()), e))?;
+    let entries = fs::read_dir(dir)
+        .map_err(|e| ImageError::io(format!("cannot list {}", dir.display()), e))?;
     let mut out = Vec::new();
     for entry in entries {
         let entry =
@@ -407,7 +407,10 @@ fn remove_file(path: &Path) -> Result<(), ImageError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ImageError::io(format!("cannot remove {}", path.display()), e)),
+        Err(e) => Err(ImageError::io(
+            format!("cannot remove {}", path.display()),
+            e,
+        )),
     }
 }
 

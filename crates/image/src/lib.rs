@@ -138,6 +138,9 @@ pub struct LayerDetails {
     pub path: PathBuf,
 }
 
+/// A pull's layer blob: digest, size from the manifest, counters.
+type TrackedBlob = (String, u64, Arc<BlobCounter>);
+
 /// Counters of one blob being downloaded, shared by the pulls that want it.
 #[derive(Default)]
 struct BlobCounter {
@@ -194,7 +197,7 @@ struct Inner {
     /// Bounds concurrent layer downloads.
     downloads: tokio::sync::Semaphore,
     /// Pulls under way, by reference: their layer blobs' counters.
-    active: Mutex<HashMap<String, Vec<(String, u64, Arc<BlobCounter>)>>>,
+    active: Mutex<HashMap<String, Vec<TrackedBlob>>>,
     counters: Mutex<HashMap<String, Arc<BlobCounter>>>,
     /// Manifest digests recently handed out by pulls, and when.
     pins: Mutex<HashMap<String, Instant>>,
@@ -310,7 +313,10 @@ impl ImageStore {
         let image = self
             .inner
             .pulls
-            .join(&key, move || async move { inner.pull(r, credentials).await })
+            .join(
+                &key,
+                move || async move { inner.pull(r, credentials).await },
+            )
             .await?;
         self.inner.used(&image.digest);
         self.inner.collect_if_full(&image.digest).await;
@@ -493,7 +499,9 @@ impl Inner {
             None => host.clone(),
         };
         let auth = match credentials {
-            Some(c) => oci_client::secrets::RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+            Some(c) => {
+                oci_client::secrets::RegistryAuth::Basic(c.username.clone(), c.password.clone())
+            }
             None => oci_client::secrets::RegistryAuth::Anonymous,
         };
         let mut remotes = self.remotes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -730,7 +738,8 @@ impl Inner {
                     job.diff_id.clone(),
                 );
                 let unpacker = tokio::task::spawn_blocking(move || {
-                    let reader = std::io::BufReader::with_capacity(256 * 1024, ChannelReader::new(rx));
+                    let reader =
+                        std::io::BufReader::with_capacity(256 * 1024, ChannelReader::new(rx));
                     let spec = LayerSpec {
                         image: &image,
                         blob_digest: &blob_digest,
@@ -744,7 +753,10 @@ impl Inner {
                     .download(reference, &job.desc, &counter.received, tx)
                     .await;
                 let unpacked = unpacker.await.map_err(|e| {
-                    ImageError::io("layer unpacking failed", std::io::Error::other(e.to_string()))
+                    ImageError::io(
+                        "layer unpacking failed",
+                        std::io::Error::other(e.to_string()),
+                    )
                 })?;
                 match (downloaded, unpacked) {
                     // The transfer's own fault (unreachable, corrupt) explains a failed unpack.
@@ -778,7 +790,10 @@ impl Inner {
                 })
                 .await
                 .map_err(|e| {
-                    ImageError::io("layer unpacking failed", std::io::Error::other(e.to_string()))
+                    ImageError::io(
+                        "layer unpacking failed",
+                        std::io::Error::other(e.to_string()),
+                    )
                 })??
             }
         };

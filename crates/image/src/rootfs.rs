@@ -78,7 +78,10 @@ fn build(inner: &Inner, image: &Image) -> Result<PathBuf, ImageError> {
     )
     .map_err(|e| {
         ImageError::io(
-            format!("cannot mount the layers of {} to build its ext4 image", image.reference),
+            format!(
+                "cannot mount the layers of {} to build its ext4 image",
+                image.reference
+            ),
             std::io::Error::from(e),
         )
     })?;
@@ -86,8 +89,12 @@ fn build(inner: &Inner, image: &Image) -> Result<PathBuf, ImageError> {
     let built = mkfs(&merged, &out, image.size);
     let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
     built?;
-    std::fs::rename(&out, &dest)
-        .map_err(|e| ImageError::io(format!("cannot move the ext4 image to {}", dest.display()), e))?;
+    std::fs::rename(&out, &dest).map_err(|e| {
+        ImageError::io(
+            format!("cannot move the ext4 image to {}", dest.display()),
+            e,
+        )
+    })?;
     info!(reference = %image.reference, path = %dest.display(), "ext4 root filesystem built");
     Ok(dest)
 }
@@ -98,7 +105,17 @@ fn mkfs(from: &Path, out: &Path, content: u64) -> Result<(), ImageError> {
     let mib = 1u64 << 20;
     let size = (content + content / 4 + 64 * mib).div_ceil(mib) * mib;
     let output = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-t", "ext4", "-L", "hangar-root", "-i", "8192", "-d"])
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            "hangar-root",
+            "-i",
+            "8192",
+            "-d",
+        ])
         .arg(from)
         .arg(out)
         .arg(format!("{}k", size / 1024))

@@ -33,7 +33,12 @@ fn set(used: &Used, digests: &[&str]) {
 }
 
 fn refs(store: &ImageStore) -> Vec<String> {
-    store.list().unwrap().into_iter().map(|i| i.reference).collect()
+    store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.reference)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -60,7 +65,10 @@ async fn prune_removes_only_what_no_machine_uses() {
     gone.sort();
     assert_eq!(report.images, gone);
     assert_eq!(report.references, [format!("{h}/b:1"), format!("{h}/c:1")]);
-    assert_eq!(report.layers, 2, "b's and c's own layers; busybox is a's too");
+    assert_eq!(
+        report.layers, 2,
+        "b's and c's own layers; busybox is a's too"
+    );
     assert_eq!(report.freed_bytes, 2);
     assert_eq!(refs(&store), [format!("{h}/a:1"), format!("{h}/a:again")]);
     let kept: Vec<String> = ia
@@ -72,7 +80,9 @@ async fn prune_removes_only_what_no_machine_uses() {
     kept_sorted.sort();
     assert_eq!(layer_dirs(&root(&dir)), kept_sorted);
     assert_eq!(
-        fs::read_dir(root(&dir).join("blobs/sha256")).unwrap().count(),
+        fs::read_dir(root(&dir).join("blobs/sha256"))
+            .unwrap()
+            .count(),
         2,
         "a's manifest and config"
     );
@@ -90,11 +100,13 @@ async fn prune_removes_only_what_no_machine_uses() {
     fs::write(root(&dir).join("l/0123456789abcdef/half"), "x").unwrap();
     set(&used, &[]);
     let report = store.prune().await.unwrap();
-    assert_eq!(report.images, [ia.digest.clone()]);
+    assert_eq!(report.images, std::slice::from_ref(&ia.digest));
     assert_eq!(report.layers, 3);
     assert_empty(&root(&dir));
     assert_eq!(
-        fs::read_dir(root(&dir).join("blobs/sha256")).unwrap().count(),
+        fs::read_dir(root(&dir).join("blobs/sha256"))
+            .unwrap()
+            .count(),
         0
     );
     // Pulled again after pruning: fetched again and whole.
@@ -123,12 +135,19 @@ async fn remove_untags_refuses_images_in_use_and_says_what_is_unknown() {
     // The last name of an image a machine uses: refused, nothing removed.
     let err = store.remove(&format!("{h}/app:1")).await.unwrap_err();
     assert!(matches!(err, ImageError::InUse(_)), "{err:?}");
-    assert!(err.to_string().contains("app:1") && err.to_string().contains("machine"), "{err}");
+    assert!(
+        err.to_string().contains("app:1") && err.to_string().contains("machine"),
+        "{err}"
+    );
     assert_eq!(refs(&store), [format!("{h}/app:1")]);
     assert_eq!(layer_dirs(&root(&dir)).len(), 1);
 
     // Unknown, and malformed.
-    assert!(store.remove(&format!("{h}/nope:1")).await.unwrap().is_none());
+    assert!(store
+        .remove(&format!("{h}/nope:1"))
+        .await
+        .unwrap()
+        .is_none());
     assert!(matches!(
         store.remove("Bad Ref").await.unwrap_err(),
         ImageError::InvalidReference(_)
@@ -137,7 +156,7 @@ async fn remove_untags_refuses_images_in_use_and_says_what_is_unknown() {
     // Once unused, by digest: everything goes.
     set(&used, &[]);
     let r = store.remove(&image.digest).await.unwrap().unwrap();
-    assert_eq!(r.images, [image.digest.clone()]);
+    assert_eq!(r.images, std::slice::from_ref(&image.digest));
     assert_eq!(r.references, [format!("{h}/app:1")]);
     assert_empty(&root(&dir));
     assert!(store.remove(&image.digest).await.unwrap().is_none());
@@ -160,7 +179,11 @@ async fn past_its_limit_the_store_drops_the_least_recently_used_unused_images() 
     store.pull(&format!("{h}/b:1")).await.unwrap();
     assert_eq!(refs(&store).len(), 2, "under the limit: nothing collected");
     store.pull(&format!("{h}/c:1")).await.unwrap();
-    assert_eq!(refs(&store), [format!("{h}/a:1"), format!("{h}/c:1")], "b was the oldest unused");
+    assert_eq!(
+        refs(&store),
+        [format!("{h}/a:1"), format!("{h}/c:1")],
+        "b was the oldest unused"
+    );
     let d = store.pull(&format!("{h}/d:1")).await.unwrap();
     assert_eq!(refs(&store), [format!("{h}/a:1"), format!("{h}/d:1")]);
     assert!(store.disk_usage().unwrap() <= mib * 5 / 2);
@@ -199,12 +222,11 @@ async fn the_ext4_rootfs_is_built_once_with_whiteouts_applied() {
                 .file("etc/motd", "hello\n", 0o644)
                 .file("var/cache/old", "old", 0o644),
         )
-        .layer(
-            Layer::new()
-                .whiteout("etc/motd")
-                .opaque("var/cache")
-                .file("var/cache/new", "new", 0o644),
-        )
+        .layer(Layer::new().whiteout("etc/motd").opaque("var/cache").file(
+            "var/cache/new",
+            "new",
+            0o644,
+        ))
         .push_async(&registry, "vm:1")
         .await;
     let (dir, store, used) = gc_store(None);
@@ -214,7 +236,9 @@ async fn the_ext4_rootfs_is_built_once_with_whiteouts_applied() {
     assert_eq!(p1, p2);
     let ino = fs::metadata(&p1).unwrap().ino();
     assert_eq!(
-        fs::metadata(store.ext4_rootfs(&image).await.unwrap()).unwrap().ino(),
+        fs::metadata(store.ext4_rootfs(&image).await.unwrap())
+            .unwrap()
+            .ino(),
         ino,
         "built once, then reused"
     );
@@ -222,7 +246,10 @@ async fn the_ext4_rootfs_is_built_once_with_whiteouts_applied() {
     assert!(etc.contains("/passwd/"), "{etc}");
     assert!(!etc.contains("motd"), "the whiteout applies: {etc}");
     let cache = debugfs(&p1, "ls -p /var/cache");
-    assert!(cache.contains("/new/") && !cache.contains("/old/"), "{cache}");
+    assert!(
+        cache.contains("/new/") && !cache.contains("/old/"),
+        "{cache}"
+    );
     assert_eq!(debugfs(&p1, "cat /var/cache/new"), "new");
     assert!(
         debugfs_bytes(&p1, "cat /bin/busybox") == fs::read("/bin/busybox").unwrap(),

@@ -32,11 +32,17 @@ async fn basic_auth_from_the_request_a_docker_config_or_the_env_form() {
 
     // Without credentials, or with wrong ones: refused, naming the registry; nothing stored.
     let (dir, store) = store();
-    for opts in [PullOptions::default(), with(Credentials::new(&user, "wrong"))] {
+    for opts in [
+        PullOptions::default(),
+        with(Credentials::new(&user, "wrong")),
+    ] {
         let err = store.pull_with(&reference, &opts).await.unwrap_err();
         assert!(matches!(err, ImageError::Unauthorized { .. }), "{err:?}");
         assert!(err.to_string().contains(&registry.host()), "{err}");
-        assert!(!err.to_string().contains(&pass), "the password never shows: {err}");
+        assert!(
+            !err.to_string().contains(&pass),
+            "the password never shows: {err}"
+        );
         assert_empty(&root(&dir));
     }
 
@@ -53,7 +59,10 @@ async fn basic_auth_from_the_request_a_docker_config_or_the_env_form() {
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
     fs::write(
         &cfg,
-        format!(r#"{{"auths":{{"{}":{{"auth":"{b64}"}}}}}}"#, registry.host()),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{b64}"}}}}}}"#,
+            registry.host()
+        ),
     )
     .unwrap();
     let (_d2, from_file) = store_with(StoreOptions {
@@ -63,17 +72,26 @@ async fn basic_auth_from_the_request_a_docker_config_or_the_env_form() {
         },
         ..Default::default()
     });
-    assert_eq!(from_file.pull(&reference).await.unwrap().digest, image.digest);
+    assert_eq!(
+        from_file.pull(&reference).await.unwrap().digest,
+        image.digest
+    );
 
     // HANGAR_REGISTRY_AUTH's form, scoped to the registry.
     let (_d3, from_env) = store_with(StoreOptions {
         credentials: CredentialSources {
-            env_value: Some(format!("other.example=x:y {}={user}:{pass}", registry.host())),
+            env_value: Some(format!(
+                "other.example=x:y {}={user}:{pass}",
+                registry.host()
+            )),
             ..Default::default()
         },
         ..Default::default()
     });
-    assert_eq!(from_env.pull(&reference).await.unwrap().digest, image.digest);
+    assert_eq!(
+        from_env.pull(&reference).await.unwrap().digest,
+        image.digest
+    );
 
     // A malformed credentials file is a clear error naming it.
     fs::write(&cfg, "{not json").unwrap();
@@ -106,7 +124,10 @@ async fn bearer_tokens_come_from_the_token_server_and_are_reused() {
     let (dir, store) = store();
 
     // The token server refuses anonymous and wrong credentials: a clear error, nothing stored.
-    for opts in [PullOptions::default(), with(Credentials::new("robot", "nope"))] {
+    for opts in [
+        PullOptions::default(),
+        with(Credentials::new("robot", "nope")),
+    ] {
         let err = store.pull_with(&reference("1"), &opts).await.unwrap_err();
         assert!(matches!(err, ImageError::Unauthorized { .. }), "{err:?}");
         assert!(err.to_string().contains(&proxy.host()), "{err}");
@@ -183,7 +204,10 @@ async fn a_transfer_broken_off_resumes_where_it_stopped() {
         "each retry asks only for what is missing"
     );
     assert_eq!(layer_dirs(&root(&dir)).len(), 1);
-    assert!(fs::read_dir(root(&dir).join("tmp")).unwrap().next().is_none());
+    assert!(fs::read_dir(root(&dir).join("tmp"))
+        .unwrap()
+        .next()
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]

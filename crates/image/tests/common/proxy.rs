@@ -33,7 +33,10 @@ pub enum Fault {
     Cut { bytes: usize, times: usize },
     /// Send `bytes` of the next blob transfer longer than that, wait until `release` gets a permit, then
     /// break the connection off.
-    Hold { bytes: usize, release: Arc<Semaphore> },
+    Hold {
+        bytes: usize,
+        release: Arc<Semaphore>,
+    },
 }
 
 struct State {
@@ -116,7 +119,10 @@ async fn write_simple(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> std::io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -160,7 +166,13 @@ async fn serve(state: Arc<State>, conn: TcpStream) -> std::io::Result<()> {
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
         );
         if authorization.as_deref() != Some(expected.as_str()) {
-            return write_simple(&mut conn, "401 Unauthorized", &[], b"{\"details\":\"bad credentials\"}").await;
+            return write_simple(
+                &mut conn,
+                "401 Unauthorized",
+                &[],
+                b"{\"details\":\"bad credentials\"}",
+            )
+            .await;
         }
         let token = format!("tok-{}", rand_hex());
         state.tokens.lock().unwrap().insert(token.clone());
@@ -210,7 +222,9 @@ async fn serve(state: Arc<State>, conn: TcpStream) -> std::io::Result<()> {
     let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
     let mut req = state.client.request(m, &url);
     for (k, v) in &headers {
-        if matches!(k.as_str(), "accept" | "range") || (k == "authorization" && state.bearer.is_none()) {
+        if matches!(k.as_str(), "accept" | "range")
+            || (k == "authorization" && state.bearer.is_none())
+        {
             req = req.header(k.as_str(), v.as_str());
         }
     }
@@ -287,6 +301,11 @@ async fn serve(state: Arc<State>, conn: TcpStream) -> std::io::Result<()> {
 fn rand_hex() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now().elapsed().map(|d| d.as_nanos() as u64).unwrap_or(1));
+    h.write_u64(
+        std::time::SystemTime::now()
+            .elapsed()
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
+    );
     format!("{:016x}", h.finish())
 }
