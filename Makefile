@@ -33,8 +33,10 @@ test: build-debug
 	fi
 
 bench: build
+	@HANGAR_BENCH_DEPS=1 ./scripts/install-deps.sh
 	$(CARGO) run --release -p hangar-bench --bin lifecycle
 	$(CARGO) run --release -p hangar-bench --bin api
+	$(CARGO) run --release -p hangar-bench --bin pull
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

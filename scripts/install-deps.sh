@@ -4,7 +4,12 @@
 set -eu
 
 need=""
-for pkg in runc docker-registry busybox-static ca-certificates python3 python3-venv; do
+pkgs="runc docker-registry busybox-static ca-certificates python3 python3-venv e2fsprogs"
+# The benchmarks' baselines: skopeo + umoci for image pulls.
+if [ "${HANGAR_BENCH_DEPS:-}" = 1 ]; then
+    pkgs="$pkgs skopeo umoci"
+fi
+for pkg in $pkgs; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         need="$need $pkg"
     fi

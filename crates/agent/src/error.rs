@@ -68,6 +68,7 @@ impl From<ImageError> for AgentError {
             ImageError::Unavailable { .. } | ImageError::DigestMismatch { .. } => {
                 AgentError::Upstream(msg)
             }
+            ImageError::InUse(_) => AgentError::Conflict(msg),
             ImageError::Io { .. } => AgentError::Internal(msg),
         }
     }

@@ -86,8 +86,15 @@ pub fn router(agent: Agent, token: String) -> Router {
         .route("/orgs/{org}/machines", get(routes::platform::org_machines))
         .route("/platform/regions", get(routes::platform::regions))
         .route("/openapi.json", get(routes::platform::openapi))
-        .route("/images", get(routes::images::list))
+        .route(
+            "/images",
+            get(routes::images::list).delete(routes::images::remove),
+        )
         .route("/images/import", post(routes::images::import))
+        .route("/images/inspect", get(routes::images::inspect))
+        .route("/images/pull", post(routes::images::pull))
+        .route("/images/pulls", get(routes::images::pulls))
+        .route("/images/prune", post(routes::images::prune))
         .merge(unsupported())
         .layer(middleware::from_fn_with_state(
             Arc::new(token),

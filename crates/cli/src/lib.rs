@@ -20,6 +20,7 @@ mod terminal;
 
 pub use client::default_data_dir;
 use client::Client;
+pub use image::ImageCommand;
 
 /// Options every command takes.
 #[derive(Args, Debug, Clone, Default)]
@@ -427,4 +428,16 @@ fn contexts(cmd: ContextCommand, g: &Globals) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Percent-encodes a query parameter value.
+pub(crate) fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

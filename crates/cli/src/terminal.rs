@@ -47,17 +47,6 @@ fn size() -> Option<(u16, u16)> {
     (ok && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
 }
 
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Runs `command` in the machine attached to this terminal; returns its exit code.
 pub async fn session(
     api: &Client,
@@ -69,7 +58,7 @@ pub async fn session(
     let tty = tty && std::io::stdin().is_terminal();
     let mut query: Vec<String> = command
         .iter()
-        .map(|a| format!("command={}", encode(a)))
+        .map(|a| format!("command={}", crate::urlencode(a)))
         .collect();
     if tty {
         let (rows, cols) = size().unwrap_or((24, 80));

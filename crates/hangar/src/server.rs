@@ -58,6 +58,28 @@ pub struct ServerArgs {
         hide = true
     )]
     schedule_hour_ms: u64,
+    /// Past this size, unused images are removed, least recently used first [default: no limit]
+    #[arg(long, env = "HANGAR_IMAGE_STORE_MAX_GB", value_name = "GB")]
+    image_store_max_gb: Option<f64>,
+    /// Seconds a freshly pulled image is kept from automatic collection before a machine uses it
+    #[arg(
+        long,
+        env = "HANGAR_IMAGE_GC_GRACE_SECS",
+        default_value_t = 300,
+        hide = true
+    )]
+    image_gc_grace_secs: u64,
+    /// Registry credentials, docker config.json style; ~/.docker/config.json is read too
+    #[arg(long, env = "HANGAR_REGISTRY_AUTH_FILE", value_name = "FILE")]
+    registry_auth_file: Option<PathBuf>,
+    /// Registry credentials: user:password, or HOST=user:password entries
+    #[arg(
+        long,
+        env = "HANGAR_REGISTRY_AUTH",
+        hide_env_values = true,
+        value_name = "AUTH"
+    )]
+    registry_auth: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -78,12 +100,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // die, its orphans come to us rather than to a host init that may never reap them.
     hangar_runtime::become_subreaper()?;
 
-    let data_dir = args.data_dir.unwrap_or_else(hangar_cli::default_data_dir);
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(hangar_cli::default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict {}", data_dir.display()))?;
-    let token = match args.token.filter(|t| !t.is_empty()) {
+    let token = match args.token.clone().filter(|t| !t.is_empty()) {
         Some(t) => t,
         None => load_or_create_token(&data_dir.join("token"))?,
     };
@@ -91,13 +116,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let store = Arc::new(
         Store::open(&data_dir.join("state.db")).context("cannot open the state database")?,
     );
-    let images = ImageStore::open(
-        data_dir.join("images"),
-        StoreOptions {
-            insecure_registries: args.insecure_registries,
-        },
-    )
-    .context("cannot open the image store")?;
+    let images = ImageStore::open(data_dir.join("images"), image_options(&args, &store)?)
+        .context("cannot open the image store")?;
     let init_path = match args.init {
         Some(p) => p,
         None => std::env::current_exe()
@@ -140,6 +160,39 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .context("the API server failed")?;
     info!("shut down; machines keep running");
     Ok(())
+}
+
+/// The image store's options: limits, credentials, and which images machines use (every
+/// machine not destroyed, stopped ones included, keeps its image).
+fn image_options(args: &ServerArgs, store: &Arc<Store>) -> anyhow::Result<StoreOptions> {
+    let max_bytes = match args.image_store_max_gb {
+        None => None,
+        Some(gb) if gb.is_finite() && gb > 0.0 => Some((gb * 1e9) as u64),
+        Some(gb) => bail!("--image-store-max-gb {gb} must be a positive number"),
+    };
+    let files = args
+        .registry_auth_file
+        .iter()
+        .cloned()
+        .chain(hangar_image::docker_config_path())
+        .collect();
+    let store = Arc::clone(store);
+    Ok(StoreOptions {
+        insecure_registries: args.insecure_registries.clone(),
+        credentials: hangar_image::CredentialSources {
+            env_value: args.registry_auth.clone(),
+            files,
+        },
+        max_bytes,
+        gc_grace: Some(std::time::Duration::from_secs(args.image_gc_grace_secs)),
+        in_use: Some(hangar_image::InUse::new(move || {
+            store
+                .live_machines()
+                .map(|ms| ms.into_iter().map(|m| m.image_ref.digest).collect())
+                .map_err(|e| e.to_string())
+        })),
+        ..StoreOptions::default()
+    })
 }
 
 fn init_logging(format: LogFormat) {

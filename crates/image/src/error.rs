@@ -34,6 +34,9 @@ pub enum ImageError {
     /// A bad layer, config, manifest or archive (the message names the image and the fault).
     #[error("{0}")]
     InvalidImage(String),
+    /// The image is used by a machine, so it cannot be removed.
+    #[error("{0}")]
+    InUse(String),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }
@@ -78,6 +81,7 @@ impl ImageError {
                 detail: detail.clone(),
             },
             InvalidImage(s) => InvalidImage(s.clone()),
+            InUse(s) => InUse(s.clone()),
             Io { context, source } => Io {
                 context: context.clone(),
                 source: io::Error::new(source.kind(), source.to_string()),

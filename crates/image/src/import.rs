@@ -60,6 +60,8 @@ pub(crate) async fn import(
     .map_err(|e| ImageError::io("import failed", io::Error::other(e.to_string())))??;
 
     let name = reference::normalized(&found.name);
+    // No collection between the first layer and the reference.
+    let _adding = inner.gc.read().await;
     let rec = inner
         .store_image(NewImage {
             name: name.clone(),

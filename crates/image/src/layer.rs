@@ -64,43 +64,60 @@ pub(crate) fn unpack_blob(
     blob: &Path,
     spec: &LayerSpec<'_>,
 ) -> Result<LayerRecord, ImageError> {
+    let file = File::open(blob)
+        .map_err(|e| ImageError::io(format!("cannot open layer blob {}", blob.display()), e))?;
+    unpack_stream(layout, BufReader::with_capacity(256 * 1024, file), spec)
+}
+
+/// Unpacks a layer blob read from `raw` (a file, or a download still under way) into a new
+/// layer directory and commits it. `raw` is read to its very end before the commit, so a
+/// source that ends in an error (a download that broke off or failed its digest check)
+/// never yields a layer. On any error the partly unpacked directory is removed.
+pub(crate) fn unpack_stream<R: BufRead>(
+    layout: &Layout,
+    mut raw: R,
+    spec: &LayerSpec<'_>,
+) -> Result<LayerRecord, ImageError> {
     let invalid = |msg: String| {
         ImageError::InvalidImage(format!(
             "invalid image {}: layer {}: {msg}",
             spec.image, spec.blob_digest
         ))
     };
-    let file = File::open(blob)
-        .map_err(|e| ImageError::io(format!("cannot open layer blob {}", blob.display()), e))?;
-    let mut buffered = BufReader::with_capacity(256 * 1024, file);
     let compression = match spec.compression {
         Some(c) => c,
         None => sniff_compression(
-            buffered
-                .fill_buf()
+            raw.fill_buf()
                 .map_err(|e| ImageError::io("cannot read a layer blob", e))?,
         ),
     };
-    let decompressed: Box<dyn Read> = match compression {
-        Compression::None => Box::new(buffered),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(buffered)
-                .map_err(|e| invalid(format!("cannot start zstd decompression: {e}")))?,
-        ),
-    };
-    let mut tar_stream = HashingReader::new(decompressed);
     let dir = tempfile::Builder::new()
         .prefix("layer-")
         .tempdir_in(layout.tmp())
         .map_err(|e| ImageError::io("cannot create a temporary layer directory", e))?;
-    let size = unpack(&mut tar_stream, dir.path()).map_err(|e| match e {
-        UnpackError::Invalid(msg) => invalid(msg),
-        UnpackError::Io { context, source } => ImageError::Io { context, source },
-    })?;
-    let diff_id = tar_stream
-        .finish()
-        .map_err(|e| invalid(format!("cannot be decompressed: {e}")))?;
+    let (size, diff_id) = {
+        let decompressed: Box<dyn Read + '_> = match compression {
+            Compression::None => Box::new(&mut raw),
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut raw)),
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::with_buffer(&mut raw)
+                    .map_err(|e| invalid(format!("cannot start zstd decompression: {e}")))?,
+            ),
+        };
+        let mut tar_stream = HashingReader::new(decompressed);
+        let size = unpack(&mut tar_stream, dir.path()).map_err(|e| match e {
+            UnpackError::Invalid(msg) => invalid(msg),
+            UnpackError::Io { context, source } => ImageError::Io { context, source },
+        })?;
+        let diff_id = tar_stream
+            .finish()
+            .map_err(|e| invalid(format!("cannot be decompressed: {e}")))?;
+        (size, diff_id)
+    };
+    // Whatever follows the compressed stream, and above all the end of a download: an
+    // error here is the transfer failing, which must stop the commit.
+    io::copy(&mut raw, &mut io::sink())
+        .map_err(|e| ImageError::io("the layer transfer failed", e))?;
     if diff_id != spec.diff_id {
         return Err(invalid(format!(
             "its uncompressed content is {diff_id}, but the image config says {}",
@@ -108,4 +125,35 @@ pub(crate) fn unpack_blob(
         )));
     }
     layout.commit_layer(dir, spec.diff_id, size)
+}
+
+/// Reads what a download task sends over a channel, on a blocking thread.
+pub(crate) struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
+    current: bytes::Bytes,
+}
+
+impl ChannelReader {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            current: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
 }

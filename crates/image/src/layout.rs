@@ -12,6 +12,7 @@
 //!                             directory is renamed into place, which is the commit
 //! root/images/<hex>.json      an image record, by manifest digest
 //! root/refs/<sha256(ref)>     reference -> manifest digest (one small file per reference)
+//! root/ext4/<hex>.img         an image's root filesystem as ext4 (microVMs), built on demand
 //! root/tmp/                   work in progress; emptied by open()
 //! ```
 //!
@@ -49,6 +50,12 @@ pub(crate) struct ImageRecord {
     pub layers: Vec<LayerRecord>,
     pub size: u64,
     pub local: bool,
+    /// When it was stored, and last handed out by a pull (Unix ms): garbage collection
+    /// removes the least recently used first.
+    #[serde(default)]
+    pub created_ms: u64,
+    #[serde(default)]
+    pub last_used_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -92,6 +99,7 @@ impl Layout {
             layout.root.join("l"),
             layout.root.join("images"),
             layout.root.join("refs"),
+            layout.root.join("ext4"),
         ] {
             fs::create_dir_all(&dir)
                 .map_err(|e| ImageError::io(format!("cannot create {}", dir.display()), e))?;
@@ -220,6 +228,125 @@ impl Layout {
         Ok(out)
     }
 
+    pub fn remove_reference(&self, reference: &str) -> Result<(), ImageError> {
+        remove_file(&self.ref_path(reference))
+    }
+
+    /// Every image record.
+    pub fn images(&self) -> Result<Vec<ImageRecord>, ImageError> {
+        let dir = self.root.join("images");
+        let mut out = Vec::new();
+        for entry in read_dir(&dir)? {
+            if entry.extension().is_some_and(|e| e == "json") {
+                if let Some(rec) = read_json::<ImageRecord>(&entry)? {
+                    out.push(rec);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes an image record (its layers and blobs are collected separately).
+    pub fn remove_image(&self, digest: &str) -> Result<(), ImageError> {
+        remove_file(
+            &self
+                .root
+                .join("images")
+                .join(format!("{}.json", hex_of(digest)?)),
+        )
+    }
+
+    /// Every committed layer record, with the directory names that have no record (left by
+    /// a crash) as records of size 0 and an empty diff id.
+    pub fn layers(&self) -> Result<Vec<LayerRecord>, ImageError> {
+        let dir = self.root.join("l");
+        let mut out = Vec::new();
+        for entry in read_dir(&dir)? {
+            let name = entry
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            if let Some(stem) = name.strip_suffix(".json") {
+                match read_json::<LayerRecord>(&entry) {
+                    Ok(Some(rec)) => out.push(rec),
+                    _ => out.push(LayerRecord {
+                        diff_id: String::new(),
+                        dir: format!("l/{stem}"),
+                        size: 0,
+                    }),
+                }
+            } else if !dir.join(format!("{name}.json")).exists() {
+                out.push(LayerRecord {
+                    diff_id: String::new(),
+                    dir: format!("l/{name}"),
+                    size: 0,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a layer: its record first (so a crash half way leaves a directory without a
+    /// record, which is never used and is collected next time), then its directory, moved
+    /// into tmp/ and deleted there.
+    pub fn remove_layer(&self, dir: &str) -> Result<(), ImageError> {
+        let path = self.root.join(dir);
+        if !dir.starts_with("l/") || dir[2..].contains('/') || dir.len() <= 2 {
+            return Err(ImageError::io(
+                format!("refusing to remove {dir}: not a layer directory"),
+                io::Error::from(io::ErrorKind::InvalidInput),
+            ));
+        }
+        remove_file(&self.root.join(format!("{dir}.json")))?;
+        if path.exists() {
+            let aside = tempfile::Builder::new()
+                .prefix("gone-")
+                .tempdir_in(self.tmp())
+                .map_err(|e| ImageError::io("cannot create a temporary directory", e))?;
+            fs::rename(&path, aside.path().join("x"))
+                .map_err(|e| ImageError::io(format!("cannot remove {}", path.display()), e))?;
+            // Dropping `aside` deletes it (and the layer) recursively.
+        }
+        Ok(())
+    }
+
+    /// Digests of every stored small blob.
+    pub fn blob_digests(&self) -> Result<Vec<String>, ImageError> {
+        Ok(read_dir(&self.root.join("blobs/sha256"))?
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(|n| format!("sha256:{}", n.to_string_lossy()))
+            .collect())
+    }
+
+    pub fn remove_blob(&self, digest: &str) -> Result<(), ImageError> {
+        remove_file(&self.blob_path(digest)?)
+    }
+
+    /// Where the ext4 root filesystem of the image with this manifest digest is kept.
+    pub fn ext4_path(&self, digest: &str) -> Result<PathBuf, ImageError> {
+        Ok(self
+            .root
+            .join("ext4")
+            .join(format!("{}.img", hex_of(digest)?)))
+    }
+
+    /// Sizes on disk of the built ext4 images, by manifest digest.
+    pub fn ext4_images(&self) -> Result<Vec<(String, u64)>, ImageError> {
+        let mut out = Vec::new();
+        for p in read_dir(&self.root.join("ext4"))? {
+            let Some(name) = p.file_name().map(|n| n.to_string_lossy().to_string()) else {
+                continue;
+            };
+            let Some(hex) = name.strip_suffix(".img") else {
+                continue;
+            };
+            let size = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            out.push((format!("sha256:{hex}"), size));
+        }
+        Ok(out)
+    }
+
     /// A stored small blob, if present and intact.
     pub fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, ImageError> {
         let path = self.blob_path(digest)?;
@@ -261,6 +388,29 @@ impl Layout {
         tmp.persist(path)
             .map_err(|e| ImageError::io(ctx(), e.error))?;
         Ok(())
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    let entries = fs::read_dir(dir)
+        .map_err(|e| ImageError::io(format!("cannot list {}", dir.display()), e))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| ImageError::io(format!("cannot list {}", dir.display()), e))?;
+        out.push(entry.path());
+    }
+    Ok(out)
+}
+
+fn remove_file(path: &Path) -> Result<(), ImageError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ImageError::io(
+            format!("cannot remove {}", path.display()),
+            e,
+        )),
     }
 }
 

@@ -1,17 +1,18 @@
-//! Hangar extension: the host's local images, and importing one from an archive.
+//! Hangar extension: the host's local images (`/v1/images...`, documented in docs/images.md).
+//! References contain slashes and colons, so they travel as the `ref` query parameter.
 
 use axum::body::Body as RawBody;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use futures::StreamExt;
-use hangar_agent::Agent;
-use hangar_image::Image;
-use serde::Serialize;
+use hangar_agent::{Agent, AgentError};
+use hangar_image::{Credentials, Image, ImageDetails, PruneReport, PullOptions, PullProgress};
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Params;
+use crate::extract::{Body, Params};
 
 #[derive(Serialize)]
 pub struct ImageSummary {
@@ -34,12 +35,80 @@ impl From<&Image> for ImageSummary {
     }
 }
 
+fn image_err(e: hangar_image::ImageError) -> ApiError {
+    AgentError::from(e).into()
+}
+
+fn wanted(params: &Params) -> Result<String, ApiError> {
+    match params.get("ref").map(str::trim) {
+        Some(r) if !r.is_empty() => Ok(r.to_string()),
+        _ => Err(ApiError::bad_request(
+            "the ref query parameter must name an image (a reference or a sha256: digest)",
+        )),
+    }
+}
+
 pub async fn list(State(agent): State<Agent>) -> ApiResult<Json<Vec<ImageSummary>>> {
-    let images = agent
-        .images()
-        .list()
-        .map_err(hangar_agent::AgentError::from)?;
+    let images = agent.images().list().map_err(image_err)?;
     Ok(Json(images.iter().map(ImageSummary::from).collect()))
+}
+
+/// `GET /v1/images/inspect?ref=REF`: config, layers and sizes of a local image.
+pub async fn inspect(State(agent): State<Agent>, params: Params) -> ApiResult<Json<ImageDetails>> {
+    let r = wanted(&params)?;
+    match agent.images().inspect(&r).map_err(image_err)? {
+        Some(d) => Ok(Json(d)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no local image {r}"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    image: String,
+    #[serde(default)]
+    auth: Option<Credentials>,
+}
+
+/// `POST /v1/images/pull` `{"image": REF, "auth": {"username", "password"}}` (auth optional).
+pub async fn pull(
+    State(agent): State<Agent>,
+    Body(req): Body<PullRequest>,
+) -> ApiResult<(StatusCode, Json<ImageSummary>)> {
+    let options = PullOptions {
+        credentials: req.auth,
+    };
+    let image = agent
+        .images()
+        .pull_with(&req.image, &options)
+        .await
+        .map_err(image_err)?;
+    Ok((StatusCode::OK, Json(ImageSummary::from(&image))))
+}
+
+/// `GET /v1/images/pulls`: pulls under way, bytes received per layer.
+pub async fn pulls(State(agent): State<Agent>) -> Json<Vec<PullProgress>> {
+    Json(agent.images().progress())
+}
+
+/// `DELETE /v1/images?ref=REF`: 200 with what was removed, 404, or 409 when a machine uses it.
+pub async fn remove(State(agent): State<Agent>, params: Params) -> ApiResult<Json<PruneReport>> {
+    let r = wanted(&params)?;
+    match agent.images().remove(&r).await.map_err(image_err)? {
+        Some(report) => Ok(Json(report)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no local image {r}"),
+        )),
+    }
+}
+
+/// `POST /v1/images/prune`: removes every image no machine uses.
+pub async fn prune(State(agent): State<Agent>) -> ApiResult<Json<PruneReport>> {
+    Ok(Json(agent.images().prune().await.map_err(image_err)?))
 }
 
 /// `POST /v1/images/import?ref=NAME` with an OCI archive or `docker save` tarball as the body.

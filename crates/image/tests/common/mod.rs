@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -98,4 +100,28 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = nix::mount::umount2(&self.root, nix::mount::MntFlags::MNT_DETACH);
     }
+}
+
+/// A fresh store with these options.
+pub fn store_with(options: StoreOptions) -> (tempfile::TempDir, ImageStore) {
+    let dir = tempfile::Builder::new()
+        .prefix("hangar-images")
+        .tempdir()
+        .unwrap();
+    let store = ImageStore::open(dir.path().join("store"), options).unwrap();
+    (dir, store)
+}
+
+/// `len` bytes that do not compress (xorshift from `seed`).
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
