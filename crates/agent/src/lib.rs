@@ -780,10 +780,14 @@ impl Agent {
             actors.get(id).map(|a| a.send(make(tx)).is_ok())
         };
         match sent {
-            Some(true) => rx.await.unwrap_or_else(|_| {
-                Err(AgentError::Conflict(format!(
+            // The actor ends when its machine is destroyed, dropping what it had not answered.
+            Some(true) => rx.await.unwrap_or_else(|_| match self.inner.store.get_machine(id) {
+                Ok(Some(m)) if m.state == MachineState::Destroyed => Err(
+                    AgentError::FailedPrecondition(format!("machine {id} is destroyed")),
+                ),
+                _ => Err(AgentError::Conflict(format!(
                     "machine {id} changed while the request was handled"
-                )))
+                ))),
             }),
             _ => Err(AgentError::FailedPrecondition(format!(
                 "machine {id} is destroyed"
