@@ -781,14 +781,16 @@ impl Agent {
         };
         match sent {
             // The actor ends when its machine is destroyed, dropping what it had not answered.
-            Some(true) => rx.await.unwrap_or_else(|_| match self.inner.store.get_machine(id) {
-                Ok(Some(m)) if m.state == MachineState::Destroyed => Err(
-                    AgentError::FailedPrecondition(format!("machine {id} is destroyed")),
-                ),
-                _ => Err(AgentError::Conflict(format!(
-                    "machine {id} changed while the request was handled"
-                ))),
-            }),
+            Some(true) => rx
+                .await
+                .unwrap_or_else(|_| match self.inner.store.get_machine(id) {
+                    Ok(Some(m)) if m.state == MachineState::Destroyed => Err(
+                        AgentError::FailedPrecondition(format!("machine {id} is destroyed")),
+                    ),
+                    _ => Err(AgentError::Conflict(format!(
+                        "machine {id} changed while the request was handled"
+                    ))),
+                }),
             _ => Err(AgentError::FailedPrecondition(format!(
                 "machine {id} is destroyed"
             ))),

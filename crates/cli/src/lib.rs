@@ -299,6 +299,9 @@ async fn logs(
     };
     if !follow {
         let lines: Vec<Value> = api.get(&query).await?;
+        if g.json {
+            return output::json(&lines);
+        }
         lines.iter().for_each(print);
         return Ok(());
     }

@@ -36,7 +36,10 @@ enum Top {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     // The keeper is a plain blocking process: no async runtime, no threads before it forks.
     if let Top::Keeper { dir } = &cli.command {
         return match hangar_runtime::keeper::run(dir) {
@@ -85,9 +88,32 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Top::Client(cmd) => runtime.block_on(hangar_cli::run(cmd, cli.globals)),
+        Top::Client(cmd) => {
+            let code = runtime.block_on(hangar_cli::run(cmd, cli.globals));
+            // An interactive session leaves a thread blocked reading stdin; do not wait for it.
+            runtime.shutdown_background();
+            code
+        }
         Top::Keeper { .. } | Top::Completion { .. } | Top::Man { .. } => {
             unreachable!("handled before the runtime starts")
+        }
+    }
+}
+
+/// Help and version print as clap prints them; a usage mistake is one line naming it, and
+/// exit status 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        _ => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("Error: {first} (see --help)");
+            ExitCode::from(2)
         }
     }
 }

@@ -40,8 +40,9 @@ fn ok(w: &World, args: &[&str]) -> String {
 }
 
 fn json(w: &World, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
+    // Before the subcommand: after a `--`, it would be part of the machine's command.
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
     let out = ok(w, &all);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("hangar {args:?} --json: {e}: {out}"))
 }
@@ -52,7 +53,10 @@ fn fails(w: &World, args: &[&str]) -> String {
     assert!(!out.status.success(), "hangar {args:?} should fail");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
     err
 }
 
@@ -62,10 +66,33 @@ fn machine_verbs_with_flyctls_flags() {
     let m = json(
         &w,
         &[
-            "machine", "run", &w.image, "-a", APP, "--name", "web", "-e", "COLOR=blue",
-            "-p", "80:8080/tcp:http", "--vm-size", "shared-cpu-2x", "--vm-memory", "1gb",
-            "--metadata", "team=core", "--file-literal", "/etc/motd=hello",
-            "--restart", "always", "--autostop", "suspend", "--", "sh", "-c", "sleep 1000",
+            "machine",
+            "run",
+            &w.image,
+            "-a",
+            APP,
+            "--name",
+            "web",
+            "-e",
+            "COLOR=blue",
+            "-p",
+            "80:8080/tcp:http",
+            "--vm-size",
+            "shared-cpu-2x",
+            "--vm-memory",
+            "1gb",
+            "--metadata",
+            "team=core",
+            "--file-literal",
+            "/etc/motd=hello",
+            "--restart",
+            "always",
+            "--autostop",
+            "suspend",
+            "--",
+            "sh",
+            "-c",
+            "sleep 1000",
         ],
     );
     let id = m["id"].as_str().unwrap().to_string();
@@ -80,12 +107,31 @@ fn machine_verbs_with_flyctls_flags() {
     let list = json(&w, &["m", "ls", "-a", APP]);
     assert_eq!(list.as_array().unwrap().len(), 1);
     let table = ok(&w, &["m", "ls", "-a", APP]);
-    assert!(table.starts_with("ID") && table.contains("shared-cpu-2x:1024MB"), "{table}");
+    assert!(
+        table.starts_with("ID") && table.contains("shared-cpu-2x:1024MB"),
+        "{table}"
+    );
     assert!(table.contains("s ago"), "relative times: {table}");
     let status = ok(&w, &["m", "status", &id, "-a", APP, "-d"]);
-    assert!(status.contains("Event Logs") && status.contains("\"image\""), "{status}");
+    assert!(
+        status.contains("Event Logs") && status.contains("\"image\""),
+        "{status}"
+    );
 
-    let out = hangar(&w, &["m", "exec", &id, "-a", APP, "--", "sh", "-c", "echo $COLOR; exit 4"]);
+    let out = hangar(
+        &w,
+        &[
+            "m",
+            "exec",
+            &id,
+            "-a",
+            APP,
+            "--",
+            "sh",
+            "-c",
+            "echo $COLOR; exit 4",
+        ],
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "blue\n");
     assert_eq!(out.status.code(), Some(4));
 
@@ -107,7 +153,10 @@ fn machine_verbs_with_flyctls_flags() {
 
     let copy = json(&w, &["m", "clone", &id, "-a", APP, "--name", "web-copy"]);
     assert_eq!(copy["config"]["env"]["COLOR"], "blue");
-    let created = json(&w, &["m", "create", &w.image, "-a", APP, "--", "sleep", "100"]);
+    let created = json(
+        &w,
+        &["m", "create", &w.image, "-a", APP, "--", "sleep", "100"],
+    );
     assert_eq!(created["state"], "created");
     ok(&w, &["m", "stop", &id, "-a", APP, "--timeout", "2"]);
     w.server.wait_state(APP, &id, "stopped");
@@ -117,11 +166,18 @@ fn machine_verbs_with_flyctls_flags() {
     // Bad input: one line, non-zero, nothing created.
     let before = json(&w, &["m", "ls", "-a", APP]).as_array().unwrap().len();
     assert!(fails(&w, &["m", "run", &w.image, "-a", APP, "-p", "eighty"]).contains("--port"));
-    assert!(fails(&w, &["m", "run", &w.image, "-a", APP, "--vm-memory", "lots"]).contains("--vm-memory"));
+    assert!(fails(
+        &w,
+        &["m", "run", &w.image, "-a", APP, "--vm-memory", "lots"]
+    )
+    .contains("--vm-memory"));
     assert!(fails(&w, &["m", "run", &w.image, "-a", APP, "--vm-cpus", "3"]).contains("size"));
     assert!(fails(&w, &["m", "run", &w.image, "-a", "ghost"]).contains("ghost"));
-    assert!(fails(&w, &["m", "run", &w.image, "-a", APP, "--frobnicate"]).contains("frobnicate"));
-    assert_eq!(json(&w, &["m", "ls", "-a", APP]).as_array().unwrap().len(), before);
+    assert!(fails(&w, &["m", "run", "--frobnicate", &w.image, "-a", APP]).contains("frobnicate"));
+    assert_eq!(
+        json(&w, &["m", "ls", "-a", APP]).as_array().unwrap().len(),
+        before
+    );
 }
 
 #[test]
@@ -137,18 +193,32 @@ fn update_shows_the_diff_and_asks_first() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(reply.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(reply.as_bytes())
+            .unwrap();
         child.wait_with_output().unwrap()
     };
     let declined = answer("n\n");
     let shown = String::from_utf8_lossy(&declined.stdout);
-    assert!(shown.contains("-       \"LEVEL\": \"1\"") && shown.contains("+       \"LEVEL\": \"2\""), "{shown}");
+    let changed = |sign: char, value: &str| {
+        shown
+            .lines()
+            .any(|l| l.starts_with(sign) && l.contains(&format!("\"LEVEL\": \"{value}\"")))
+    };
+    assert!(changed('-', "1") && changed('+', "2"), "{shown}");
     assert!(shown.contains("Apply changes?"), "{shown}");
     assert!(!declined.status.success());
     assert_eq!(w.machine(&id)["instance_id"], v1, "declined: unchanged");
 
     let accepted = answer("y\n");
-    assert!(accepted.status.success(), "{}", String::from_utf8_lossy(&accepted.stderr));
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
     assert_ne!(w.machine(&id)["instance_id"], v1);
     assert_eq!(w.sh(&id, "echo $LEVEL"), "2\n");
 
@@ -157,7 +227,11 @@ fn update_shows_the_diff_and_asks_first() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(w.sh(&id, "echo $LEVEL"), "3\n");
     assert!(ok(&w, &["m", "update", &id, "-a", APP, "-y"]).contains("No changes"));
 }
@@ -165,17 +239,36 @@ fn update_shows_the_diff_and_asks_first() {
 #[test]
 fn secrets_logs_status_and_contexts() {
     let w = World::new();
-    ok(&w, &["secrets", "set", "TOKEN=abc123", "OTHER=x", "-a", APP]);
+    ok(
+        &w,
+        &["secrets", "set", "TOKEN=abc123", "OTHER=x", "-a", APP],
+    );
     let list = json(&w, &["secrets", "list", "-a", APP]);
-    let names: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["OTHER", "TOKEN"]);
     assert!(!ok(&w, &["secrets", "list", "-a", APP]).contains("abc123"));
     ok(&w, &["secrets", "unset", "OTHER", "-a", APP]);
-    assert_eq!(json(&w, &["secrets", "list", "-a", APP]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        json(&w, &["secrets", "list", "-a", APP])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(fails(&w, &["secrets", "set", "NOVALUE", "-a", APP]).contains("NAME=VALUE"));
 
-    let id = w.run("echo first-line $TOKEN; sleep 3; echo later-line; sleep 1000", serde_json::json!({}));
-    w.wait_until(&id, "the first line", |_| ok(&w, &["logs", "-a", APP]).contains("first-line abc123"));
+    let id = w.run(
+        "echo first-line $TOKEN; sleep 3; echo later-line; sleep 1000",
+        serde_json::json!({}),
+    );
+    w.wait_until(&id, "the first line", |_| {
+        ok(&w, &["logs", "-a", APP]).contains("first-line abc123")
+    });
     let logs = json(&w, &["logs", "-a", APP, "-i", &id]);
     assert_eq!(logs[0]["instance"], serde_json::json!(id));
 
@@ -184,14 +277,24 @@ fn secrets_logs_status_and_contexts() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let seen = read_until(follow.stdout.take().unwrap(), "later-line", Duration::from_secs(30));
+    let seen = read_until(
+        follow.stdout.take().unwrap(),
+        "later-line",
+        Duration::from_secs(30),
+    );
     let _ = follow.kill();
     let _ = follow.wait();
     assert!(seen.contains("later-line"), "{seen}");
-    assert!(!seen.contains("first-line"), "-n 0 starts at the end: {seen}");
+    assert!(
+        !seen.contains("first-line"),
+        "-n 0 starts at the end: {seen}"
+    );
 
     let status = ok(&w, &["status", "-a", APP]);
-    assert!(status.contains(&id) && status.contains("Machines = 1"), "{status}");
+    assert!(
+        status.contains(&id) && status.contains("Machines = 1"),
+        "{status}"
+    );
 
     // Contexts: a config file with named API endpoints.
     let dir = tempfile::tempdir().unwrap();
@@ -206,10 +309,33 @@ fn secrets_logs_status_and_contexts() {
         c.output().unwrap()
     };
     let url = w.server.url();
-    assert!(ctx(&["context", "add", "here", "--url", &url, "--token", w.server.token()]).status.success());
-    assert!(ctx(&["context", "add", "nowhere", "--url", "http://127.0.0.1:1", "--token", "x"]).status.success());
+    assert!(ctx(&[
+        "context",
+        "add",
+        "here",
+        "--url",
+        &url,
+        "--token",
+        w.server.token()
+    ])
+    .status
+    .success());
+    assert!(ctx(&[
+        "context",
+        "add",
+        "nowhere",
+        "--url",
+        "http://127.0.0.1:1",
+        "--token",
+        "x"
+    ])
+    .status
+    .success());
     let apps = ctx(&["apps", "list"]);
-    assert!(String::from_utf8_lossy(&apps.stdout).contains(APP), "the first context is current");
+    assert!(
+        String::from_utf8_lossy(&apps.stdout).contains(APP),
+        "the first context is current"
+    );
     assert!(ctx(&["context", "use", "nowhere"]).status.success());
     let down = ctx(&["apps", "list"]);
     assert!(!down.status.success());
@@ -218,7 +344,10 @@ fn secrets_logs_status_and_contexts() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("mars"));
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&config).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&config).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let apps = Command::new(env!("CARGO_BIN_EXE_hangar"))
         .args(["apps", "list"])
         .env("HANGAR_CONFIG", &config)
@@ -226,20 +355,30 @@ fn secrets_logs_status_and_contexts() {
         .env("HANGAR_API_TOKEN", w.server.token())
         .output()
         .unwrap();
-    assert!(apps.status.success(), "the environment overrides the context");
+    assert!(
+        apps.status.success(),
+        "the environment overrides the context"
+    );
 }
 
 #[test]
 fn completions_and_man_pages() {
     let w = World::new();
     let bash = ok(&w, &["completion", "bash"]);
-    assert!(bash.contains("hangar") && bash.contains("machine"), "{}", &bash[..200.min(bash.len())]);
+    assert!(
+        bash.contains("hangar") && bash.contains("machine"),
+        "{}",
+        &bash[..200.min(bash.len())]
+    );
     assert!(ok(&w, &["completion", "zsh"]).contains("#compdef hangar"));
     assert!(ok(&w, &["completion", "fish"]).contains("complete -c hangar"));
     let dir = tempfile::tempdir().unwrap();
     ok(&w, &["man", dir.path().to_str().unwrap()]);
     let page = std::fs::read_to_string(dir.path().join("hangar-machine-run.1")).unwrap();
-    assert!(page.contains("vm\\-memory") || page.contains("vm-memory"), "{page}");
+    assert!(
+        page.contains("vm\\-memory") || page.contains("vm-memory"),
+        "{page}"
+    );
 }
 
 // ---- pseudo-terminals ----
@@ -253,9 +392,17 @@ struct PtyChild {
 }
 
 fn set_size(fd: &impl AsRawFd, rows: u16, cols: u16) {
-    let ws = nix::libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = nix::libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads the winsize we pass.
-    assert_eq!(unsafe { nix::libc::ioctl(fd.as_raw_fd(), nix::libc::TIOCSWINSZ, &ws) }, 0);
+    assert_eq!(
+        unsafe { nix::libc::ioctl(fd.as_raw_fd(), nix::libc::TIOCSWINSZ, &ws) },
+        0
+    );
 }
 
 impl PtyChild {
@@ -288,7 +435,12 @@ impl PtyChild {
                 }
             }
         });
-        PtyChild { master, child, output, seen: String::new() }
+        PtyChild {
+            master,
+            child,
+            output,
+            seen: String::new(),
+        }
     }
 
     fn type_in(&mut self, text: &str) {
@@ -305,7 +457,10 @@ impl PtyChild {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(!left.is_zero(), "never saw {needle:?}; got {:?}", self.seen);
-            if let Ok(chunk) = self.output.recv_timeout(left.min(Duration::from_millis(200))) {
+            if let Ok(chunk) = self
+                .output
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
                 self.seen.push_str(&String::from_utf8_lossy(&chunk));
             }
         }
@@ -317,7 +472,11 @@ impl PtyChild {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "the session did not end; output {:?}", self.seen);
+            assert!(
+                Instant::now() < deadline,
+                "the session did not end; output {:?}",
+                self.seen
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -365,20 +524,50 @@ fn console_is_a_real_terminal() {
     pty.type_in("echo after-interrupt\r");
     pty.expect("after-interrupt");
     pty.type_in("exit 3\r");
-    assert_eq!(pty.exit_code(), Some(3), "the remote exit code passes through");
+    assert_eq!(
+        pty.exit_code(),
+        Some(3),
+        "the remote exit code passes through"
+    );
 
     // exec -t is the same session for one command.
-    let pty = PtyChild::spawn(cmd(&w, &["m", "exec", "-t", &id, "-a", APP, "--", "sh", "-c", "test -t 0 && exit 7"]), 24, 80);
+    let pty = PtyChild::spawn(
+        cmd(
+            &w,
+            &[
+                "m",
+                "exec",
+                "-t",
+                &id,
+                "-a",
+                APP,
+                "--",
+                "sh",
+                "-c",
+                "test -t 0 && exit 7",
+            ],
+        ),
+        24,
+        80,
+    );
     assert_eq!(pty.exit_code(), Some(7), "exec -t has a terminal");
 }
 
 #[test]
 fn run_shell_is_a_throwaway_machine() {
     let w = World::new();
-    let mut pty = PtyChild::spawn(cmd(&w, &["m", "run", "--shell", &w.image, "-a", APP]), 24, 80);
+    let mut pty = PtyChild::spawn(
+        cmd(&w, &["m", "run", "--shell", &w.image, "-a", APP]),
+        24,
+        80,
+    );
     pty.type_in("echo in-the-shell; exit 5\r");
     pty.expect("in-the-shell");
     assert_eq!(pty.exit_code(), Some(5));
     let machines = w.server.get(&format!("/v1/apps/{APP}/machines")).body;
-    assert_eq!(machines, serde_json::json!([]), "destroyed when the shell ends");
+    assert_eq!(
+        machines,
+        serde_json::json!([]),
+        "destroyed when the shell ends"
+    );
 }
