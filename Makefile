@@ -36,6 +36,7 @@ bench: build
 	@HANGAR_BENCH_DEPS=1 ./scripts/install-deps.sh
 	$(CARGO) run --release -p hangar-bench --bin lifecycle
 	$(CARGO) run --release -p hangar-bench --bin api
+	$(CARGO) run --release -p hangar-bench --bin cli
 	$(CARGO) run --release -p hangar-bench --bin pull
 
 lint:

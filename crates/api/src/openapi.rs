@@ -23,34 +23,51 @@ pub(crate) const UNSUPPORTED: &[&str] = &[
 ];
 
 fn extensions() -> Value {
-    let ok = |description: &str| json!({ "description": description });
+    let op = |id: &str, summary: &str, params: &[(&str, &str)]| {
+        let parameters: Vec<Value> = params
+            .iter()
+            .map(|(name, place)| json!({ "name": name, "in": place, "schema": { "type": "string" } }))
+            .collect();
+        json!({
+            "summary": summary,
+            "operationId": id,
+            "x-hangar-extension": true,
+            "parameters": parameters,
+            "responses": { "200": { "description": "See docs/api.md" } }
+        })
+    };
+    let app = ("app_name", "path");
+    let machine = ("machine_id", "path");
     json!({
+        "/apps/{app_name}/logs": {
+            "get": op("Hangar_logs", "The machines' stdout and stderr; follow=true streams NDJSON",
+                &[app, ("instance", "query"), ("lines", "query"), ("follow", "query")])
+        },
+        "/apps/{app_name}/machines/{machine_id}/exec/ws": {
+            "get": op("Hangar_exec_session", "An interactive exec over WebSocket (see docs/api.md)",
+                &[app, machine, ("command", "query"), ("tty", "query"), ("rows", "query"), ("cols", "query")])
+        },
         "/images": {
-            "get": {
-                "summary": "List the images on this host",
-                "tags": ["Images"],
-                "operationId": "Hangar_images_list",
-                "x-hangar-extension": true,
-                "responses": { "200": ok("The host's images: reference, digest, size, layers") }
-            }
+            "get": op("Hangar_images_list", "List the images on this host", &[]),
+            "delete": op("Hangar_images_remove", "Remove an image no machine uses", &[("ref", "query")])
         },
         "/images/import": {
-            "post": {
-                "summary": "Import an OCI layout or docker-save archive sent as the body",
-                "tags": ["Images"],
-                "operationId": "Hangar_images_import",
-                "x-hangar-extension": true,
-                "parameters": [{ "name": "reference", "in": "query", "schema": { "type": "string" } }],
-                "responses": { "200": ok("The imported image") }
-            }
+            "post": op("Hangar_images_import", "Import an OCI archive or docker-save tarball sent as the body", &[("ref", "query")])
+        },
+        "/images/inspect": {
+            "get": op("Hangar_images_inspect", "An image's config, layers and sizes", &[("ref", "query")])
+        },
+        "/images/pull": {
+            "post": op("Hangar_images_pull", "Pull an image into the host's store", &[])
+        },
+        "/images/pulls": {
+            "get": op("Hangar_images_pulls", "Pulls under way, with bytes per layer", &[])
+        },
+        "/images/prune": {
+            "post": op("Hangar_images_prune", "Remove every image and layer no machine uses", &[])
         },
         "/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "operationId": "Hangar_openapi",
-                "x-hangar-extension": true,
-                "responses": { "200": ok("The OpenAPI document of this installation") }
-            }
+            "get": op("Hangar_openapi", "This document", &[])
         }
     })
 }
