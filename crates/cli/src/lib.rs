@@ -37,7 +37,7 @@ pub enum Command {
     Apps(AppsCommand),
     /// Manage machines
     #[command(subcommand, visible_alias = "m", alias = "machines")]
-    Machine(machine::MachineCommand),
+    Machine(Box<machine::MachineCommand>),
     /// Manage the host's images
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -162,7 +162,7 @@ async fn dispatch(cmd: Command, g: &Globals) -> anyhow::Result<ExitCode> {
     let api = client::connect()?;
     match cmd {
         Command::Apps(c) => apps(&api, c, g).await?,
-        Command::Machine(c) => return machine::run(&api, c, g).await,
+        Command::Machine(c) => return machine::run(&api, *c, g).await,
         Command::Image(c) => return image::run(&api, c).await,
         Command::Secrets(c) => secrets(&api, c, g).await?,
         Command::Logs {
