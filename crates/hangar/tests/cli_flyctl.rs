@@ -391,6 +391,14 @@ struct PtyChild {
     seen: String,
 }
 
+/// A failed assertion must not leave the session running.
+impl Drop for PtyChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn set_size(fd: &impl AsRawFd, rows: u16, cols: u16) {
     let ws = nix::libc::winsize {
         ws_row: rows,
