@@ -87,6 +87,48 @@ pub fn report(title: &str, rows: &[&Samples], baseline: &Samples) {
     }
 }
 
+/// What every API benchmark starts from: a release `hangar server`, a loopback registry
+/// serving a busybox image as `bench:1`, and an app named `app`.
+pub struct Bench {
+    pub registry: hangar_testkit::registry::Registry,
+    pub server: hangar_testkit::server::TestServer,
+    /// The image reference on the registry.
+    pub image: String,
+    /// The release `hangar` binary.
+    pub bin: std::path::PathBuf,
+}
+
+impl Bench {
+    pub fn start(app: &str) -> anyhow::Result<Bench> {
+        use anyhow::Context;
+        let root = hangar_testkit::init::workspace_root();
+        let bin = root.join("target/release/hangar");
+        if !bin.is_file() {
+            anyhow::bail!("{} is missing: run `make build` first", bin.display());
+        }
+        let registry = hangar_testkit::registry::Registry::start();
+        hangar_testkit::image::ImageBuilder::busybox().push(&registry, "bench:1");
+        let image = format!("{}/bench:1", registry.host());
+        let server = hangar_testkit::server::TestServer::start(bin.to_str().context("utf-8 path")?);
+        server.create_app(app);
+        Ok(Bench {
+            registry,
+            server,
+            image,
+            bin,
+        })
+    }
+}
+
+/// The number of runs: the first argument, else `default`.
+pub fn runs_arg(default: usize) -> anyhow::Result<usize> {
+    Ok(std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(default))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

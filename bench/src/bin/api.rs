@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
-use hangar_bench::{ms, Samples};
-use hangar_testkit::image::ImageBuilder;
-use hangar_testkit::registry::Registry;
+use hangar_bench::{ms, Bench, Samples};
 use hangar_testkit::server::TestServer;
 use serde_json::json;
 
@@ -27,16 +25,12 @@ const MACHINES: usize = 1000;
 const CONNECTIONS: usize = 64;
 
 fn main() -> anyhow::Result<()> {
-    let root = hangar_testkit::init::workspace_root();
-    let bin = root.join("target/release/hangar");
-    if !bin.is_file() {
-        bail!("{} is missing: run `make build` first", bin.display());
-    }
-    let registry = Registry::start();
-    ImageBuilder::busybox().push(&registry, "bench:1");
-    let image = format!("{}/bench:1", registry.host());
-    let server = TestServer::start(bin.to_str().context("utf-8 path")?);
-    server.create_app(APP);
+    let Bench {
+        registry: _registry,
+        server,
+        image,
+        ..
+    } = Bench::start(APP)?;
 
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(run(&server, &image))

@@ -14,32 +14,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
-use hangar_bench::{ms, report, Samples};
+use hangar_bench::{ms, report, Bench, Samples};
 use hangar_image::{ImageStore, StoreOptions};
-use hangar_testkit::image::ImageBuilder;
-use hangar_testkit::registry::Registry;
-use hangar_testkit::server::TestServer;
 use serde_json::json;
 
 const APP: &str = "bench";
 
 fn main() -> anyhow::Result<()> {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(30);
-    let root = hangar_testkit::init::workspace_root();
-    let bin = root.join("target/release/hangar");
-    if !bin.is_file() {
-        bail!("{} is missing: run `make build` first", bin.display());
-    }
-
-    let registry = Registry::start();
-    ImageBuilder::busybox().push(&registry, "bench:1");
-    let image = format!("{}/bench:1", registry.host());
-    let server = TestServer::start(bin.to_str().context("utf-8 path")?);
-    server.create_app(APP);
+    let runs = hangar_bench::runs_arg(30)?;
+    let Bench {
+        registry: _registry,
+        server,
+        image,
+        ..
+    } = Bench::start(APP)?;
     let config = json!({ "image": image, "init": { "exec": ["/bin/sleep", "100000"] }, "restart": { "policy": "no" } });
 
     // Warm up: the first create pulls the image; later ones find it cached.

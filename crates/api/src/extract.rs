@@ -107,6 +107,18 @@ impl Params {
         self.0.get(key).cloned().unwrap_or_default()
     }
 
+    /// `state=` filters: machine states, repeated or comma-separated.
+    pub fn states(&self) -> Result<Vec<hangar_types::MachineState>, ApiError> {
+        self.list("state")
+            .iter()
+            .map(|s| {
+                hangar_types::MachineState::parse(s).ok_or_else(|| {
+                    ApiError::bad_request(format!("state: unknown machine state {s:?}"))
+                })
+            })
+            .collect()
+    }
+
     /// A boolean flag: absent is false; `true`/`1`/empty (a bare `?force`) is true.
     pub fn flag(&self, key: &str) -> Result<bool, ApiError> {
         match self.0.get(key).and_then(|v| v.last()).map(String::as_str) {

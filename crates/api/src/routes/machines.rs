@@ -24,14 +24,7 @@ pub async fn list(
     Path(app): Path<String>,
     params: Params,
 ) -> ApiResult<Json<Vec<Machine>>> {
-    let states = params
-        .list("state")
-        .iter()
-        .map(|s| {
-            MachineState::parse(s)
-                .ok_or_else(|| ApiError::bad_request(format!("state: unknown machine state {s:?}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let states = params.states()?;
     Ok(Json(agent.list_machines(
         &app,
         params.flag("include_deleted")?,

@@ -6,7 +6,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use hangar_agent::{Agent, OrgQuery};
-use hangar_types::{MachineState, OrgMachinesResponse, RegionsResponse};
+use hangar_types::{OrgMachinesResponse, RegionsResponse};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Params;
@@ -16,14 +16,7 @@ pub async fn org_machines(
     Path(org): Path<String>,
     params: Params,
 ) -> ApiResult<Json<OrgMachinesResponse>> {
-    let states = params
-        .list("state")
-        .iter()
-        .map(|s| {
-            MachineState::parse(s)
-                .ok_or_else(|| ApiError::bad_request(format!("state: unknown machine state {s:?}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let states = params.states()?;
     let updated_after_ms = params
         .get("updated_after")
         .map(|t| {
