@@ -494,12 +494,14 @@ async fn run_machine(
         body["region"] = json!(r);
     }
     let app = &args.app;
-    let spinner = output::spinner(format!(
-        "Creating a machine from {image} (pulling it if needed)"
-    ));
-    let created: anyhow::Result<Machine> = api
-        .post(&format!("/apps/{}/machines", app.app), Some(body))
-        .await;
+    let spinner = output::spinner(format!("Creating a machine from {image}"));
+    let machines = format!("/apps/{}/machines", app.app);
+    let create = api.post::<Machine>(&machines, Some(body));
+    let created = if output::interactive() {
+        with_pull_progress(api, &spinner, &image, create).await
+    } else {
+        create.await
+    };
     spinner.finish_and_clear();
     let m = created?;
     if !g.json {
@@ -538,6 +540,41 @@ async fn run_machine(
         println!("Machine {} is started", m.id);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `work` (a create, which pulls the image first when the host lacks it) while showing
+/// the pull's bytes per layer from the image store's progress endpoint.
+async fn with_pull_progress<T>(
+    api: &Client,
+    spinner: &indicatif::ProgressBar,
+    image: &str,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            res = &mut work => return res,
+            _ = tick.tick() => {
+                let Ok(pulls) = api.get::<Vec<Value>>("/images/pulls").await else { continue };
+                let layers: Vec<&Value> = pulls
+                    .iter()
+                    .flat_map(|p| p["layers"].as_array().into_iter().flatten())
+                    .collect();
+                if layers.is_empty() {
+                    continue;
+                }
+                let sum = |k: &str| layers.iter().filter_map(|l| l[k].as_u64()).sum::<u64>();
+                let done = layers.iter().filter(|l| l["done"] == json!(true)).count();
+                spinner.set_message(format!(
+                    "Pulling {image}: {} of {}, {done}/{} layers",
+                    output::bytes(sum("received")),
+                    output::bytes(sum("size")),
+                    layers.len()
+                ));
+            }
+        }
+    }
 }
 
 /// Waits for a new machine to start; when it cannot, says why (it may also have started and
