@@ -411,7 +411,9 @@ impl Agent {
             None => self.unused_name(app)?,
         };
 
+        let pull_started = std::time::Instant::now();
         let image = self.inner.images.pull(&config.image).await?;
+        let pull_ms = pull_started.elapsed().as_millis() as u64;
         let id = new_machine_id();
         let instance_id = new_instance_id();
         // Refuse now what could never boot, rather than record a machine doomed to fail.
@@ -445,7 +447,15 @@ impl Agent {
         if !req.skip_launch {
             self.inner.admit(&record)?;
         }
-        let launch_event = events::event("launch", MachineState::Created, Source::User);
+        let mut launch_event = events::event("launch", MachineState::Created, Source::User);
+        // What the create's pull took, for `machine status` and event consumers.
+        launch_event.request = Some(serde_json::json!({
+            "image": image.reference,
+            "digest": image.digest,
+            "layers": image.layers.len(),
+            "bytes": image.size,
+            "pull_ms": pull_ms,
+        }));
         self.inner
             .store
             .insert_machine(&record, &launch_event)

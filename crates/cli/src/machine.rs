@@ -802,6 +802,13 @@ fn event_row(e: &MachineEvent) -> Vec<String> {
                     s.push_str(",requested_stop=true");
                 }
                 s
+            } else if let Some(ms) = r["pull_ms"].as_u64() {
+                format!(
+                    "image {} ({} layers, {}) ready in {ms} ms",
+                    r["image"].as_str().unwrap_or_default(),
+                    r["layers"],
+                    output::bytes(r["bytes"].as_u64().unwrap_or(0))
+                )
             } else {
                 r["error"].as_str().unwrap_or_default().to_string()
             }
