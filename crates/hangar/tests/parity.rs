@@ -867,6 +867,17 @@ fn drives_like_fly_go() {
         m["config"]["stop_config"]["timeout"], "3s",
         "durations render as Go's"
     );
+    let launch = m["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "launch")
+        .unwrap();
+    assert_eq!(
+        launch["request"]["layers"], 1,
+        "the launch event tells what the pull brought: {launch}"
+    );
+    assert!(launch["request"]["bytes"].as_u64().unwrap() > 0, "{launch}");
     let id = m["id"].as_str().unwrap().to_string();
     assert_eq!(id.len(), 14);
     assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
