@@ -4,7 +4,8 @@
 set -eu
 
 need=""
-for pkg in runc docker-registry busybox-static ca-certificates python3 python3-venv; do
+for pkg in runc docker-registry busybox-static ca-certificates python3 python3-venv \
+    qemu-system-x86 e2fsprogs; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         need="$need $pkg"
     fi
@@ -27,6 +28,11 @@ fi
 # tests run their own registries, so that one is not needed.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
     systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+
+# The microvm runtime's guest kernel (Debian's linux-image-cloud-amd64, unpacked, not installed).
+if [ "$(id -u)" -eq 0 ]; then
+    "$(dirname "$0")/fetch-kernel.sh" /var/lib/hangar/kernel
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -80,6 +80,7 @@ pub fn router(agent: Agent, token: String) -> Router {
         )
         .route("/orgs/{org}/machines", get(routes::platform::org_machines))
         .route("/platform/regions", get(routes::platform::regions))
+        .route("/platform/runtime", get(routes::platform::runtime))
         .route("/openapi.json", get(routes::platform::openapi))
         .route("/images", get(routes::images::list))
         .route("/images/import", post(routes::images::import))

@@ -44,6 +44,15 @@ fn extensions() -> Value {
                 "responses": { "200": ok("The imported image") }
             }
         },
+        "/platform/runtime": {
+            "get": {
+                "summary": "The host's runtimes: the default, and for microvm the accelerator in use and why",
+                "tags": ["Platform"],
+                "operationId": "Hangar_platform_runtime",
+                "x-hangar-extension": true,
+                "responses": { "200": ok("The runtimes of this host") }
+            }
+        },
         "/openapi.json": {
             "get": {
                 "summary": "This document",
