@@ -568,12 +568,7 @@ impl Microvm {
         if pid <= 0 || matches!(proc_state(pid), None | Some('Z')) {
             return false;
         }
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| {
-                c.split(|b| *b == 0)
-                    .any(|arg| arg == format!("hangar-{id}").as_bytes())
-            })
-            .unwrap_or(false)
+        is_qemu_of(pid, id)
     }
 
     /// Connects to init over the control port until it answers, QEMU dies, or the deadline.
@@ -689,6 +684,22 @@ impl Microvm {
     }
 }
 
+/// Whether process `pid` runs machine `id` (a zombie's command line is empty: then whether
+/// it is called qemu).
+fn is_qemu_of(pid: i32, id: &str) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if cmdline.is_empty() {
+        return std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.starts_with("qemu"));
+    }
+    cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg == format!("hangar-{id}").as_bytes())
+}
+
 fn write_record(paths: &Paths, record: &BootRecord) -> Result<(), String> {
     let bytes = serde_json::to_vec(record).map_err(|e| e.to_string())?;
     std::fs::write(&paths.record, bytes)
@@ -775,6 +786,15 @@ impl Runtime for Microvm {
                 self.kill_qemu(machine_id, rec.pid).await;
             } else {
                 remains.reason = Some(self.why_gone(&paths, Some(rec)));
+            }
+        }
+        if let Some(rec) = &record {
+            // A dead QEMU stays in its cgroup until its parent reaps it.
+            let deadline = Instant::now() + KILL_WAIT;
+            while proc_state(rec.pid).is_some_and(|_| is_qemu_of(rec.pid, machine_id))
+                && Instant::now() < deadline
+            {
+                sleep(Duration::from_millis(5)).await;
             }
         }
         for dir in self.cgroup_dirs(machine_id) {
