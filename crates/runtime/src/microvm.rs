@@ -494,8 +494,9 @@ impl Microvm {
                 let (pid, wait) = tokio::task::spawn_blocking(move || keeper.spawn(&argv, &log))
                     .await
                     .map_err(|e| format!("keeper task: {e}"))??;
-                // Records how QEMU ended, for teardown to tell why the machine went away.
-                tokio::task::spawn_blocking(move || {
+                // Records how QEMU ended, for teardown to tell why the machine went away. A
+                // plain thread: the runtime must not wait for it when the server shuts down.
+                std::thread::spawn(move || {
                     let how = match wait() {
                         Ok(Ended::Code(c)) => format!("exited with status {c}"),
                         Ok(Ended::Signal(s)) => format!("was killed by signal {s}"),
