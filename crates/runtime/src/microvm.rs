@@ -783,9 +783,18 @@ impl Runtime for Microvm {
         let record = Self::read_record(&paths);
         let mut remains = Remains::default();
         if let Some(rec) = &record {
+            if let Some(panic) = console_panic(&rec.log_path, rec.log_offset) {
+                // The guest's kernel died; QEMU may still be on its way out.
+                remains.reason = Some(format!("the guest kernel panicked: {panic}"));
+            }
             if Self::qemu_alive(rec.pid, machine_id) {
                 self.kill_qemu(machine_id, rec.pid).await;
-            } else {
+            } else if remains.reason.is_none() {
+                // The waiter records how QEMU ended moments after it does.
+                let deadline = Instant::now() + Duration::from_millis(500);
+                while !paths.exit.exists() && Instant::now() < deadline {
+                    sleep(Duration::from_millis(10)).await;
+                }
                 remains.reason = Some(self.why_gone(&paths, Some(rec)));
             }
         }

@@ -200,7 +200,7 @@ fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())
 }
 
-const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done";
+const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/counter; sleep 0.1; done";
 
 /// One machine, many checks: the guest's own kernel, vCPUs and RAM, the image's files with
 /// layers applied, exec, suspend and resume keeping memory, a blank slate on the next boot,
