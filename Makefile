@@ -34,6 +34,7 @@ test: build-debug
 
 bench: build
 	$(CARGO) run --release -p hangar-bench --bin lifecycle
+	$(CARGO) run --release -p hangar-bench --bin microvm
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
