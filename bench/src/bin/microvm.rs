@@ -63,14 +63,20 @@ fn main() -> anyhow::Result<()> {
 
     // The floor: bare QEMU, same kernel and initramfs, same accelerator.
     let rt = tokio::runtime::Runtime::new()?;
-    let floor_dir = tempfile::Builder::new().prefix("hangar-bench-vm").tempdir()?;
+    let floor_dir = tempfile::Builder::new()
+        .prefix("hangar-bench-vm")
+        .tempdir()?;
     let mut vm_config = MicrovmConfig::new(
         floor_dir.path().join("s"),
         server.data_dir().join("vm-cache"),
         &init,
         KERNEL_DIR,
     );
-    vm_config.accel = if chosen == "kvm" { Accel::Kvm } else { Accel::Tcg };
+    vm_config.accel = if chosen == "kvm" {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
     let vm = rt.block_on(Microvm::new(vm_config))?;
 
     let mut create = Samples::new("create → started");
@@ -149,7 +155,9 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(vm.teardown(&idle))?;
 
     report(
-        &format!("bench/microvm: {runs} runs each, microvm runtime, accelerator {chosen} ({reason})"),
+        &format!(
+            "bench/microvm: {runs} runs each, microvm runtime, accelerator {chosen} ({reason})"
+        ),
         &[&create, &start, &resume],
         &floor,
     );
@@ -164,7 +172,11 @@ fn main() -> anyhow::Result<()> {
         "resume median {} vs cold start median {}: {}",
         ms(resume.median()),
         ms(start.median()),
-        if resume.median() < start.median() { "resume is faster" } else { "resume is NOT faster" }
+        if resume.median() < start.median() {
+            "resume is faster"
+        } else {
+            "resume is NOT faster"
+        }
     );
     println!(
         "QEMU RSS of an idle 128 MB microVM ({chosen}): {:.1} MB",

@@ -52,7 +52,11 @@ pub struct ServerArgs {
     #[arg(long, env = "HANGAR_KERNEL", requires = "initrd_modules")]
     kernel: Option<PathBuf>,
     /// The modules of --kernel (its `lib/modules/VERSION` directory)
-    #[arg(long = "initrd-modules", env = "HANGAR_INITRD_MODULES", requires = "kernel")]
+    #[arg(
+        long = "initrd-modules",
+        env = "HANGAR_INITRD_MODULES",
+        requires = "kernel"
+    )]
     initrd_modules: Option<PathBuf>,
     /// The QEMU binary
     #[arg(long, env = "HANGAR_QEMU", default_value = "qemu-system-x86_64")]

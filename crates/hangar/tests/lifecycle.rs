@@ -318,35 +318,47 @@ macro_rules! suite {
     };
 }
 
-suite!(sandbox, &[], [exit_code_is_recorded_and_machine_stops,
-    stop_escalates_to_sigkill_after_the_timeout,
-    graceful_stop_uses_the_signal,
-    exec_returns_stdout_stderr_and_exit_code,
-    every_start_gets_a_blank_root_filesystem,
-    restart_policy_always_restarts_an_exiting_process,
-    restart_policy_on_failure_gives_up_after_max_retries,
-    on_failure_does_not_restart_a_success,
-    auto_destroy_destroys_when_the_process_exits,
-    skip_launch_creates_without_starting,
-    machine_runs_as_the_image_user_with_merged_config,
-    machines_survive_a_killed_server,
-    an_exit_while_the_server_is_down_is_recorded_after_restart,
-    sigterm_shuts_the_server_down_without_stopping_machines,
-    events_tell_the_story]);
+suite!(
+    sandbox,
+    &[],
+    [
+        exit_code_is_recorded_and_machine_stops,
+        stop_escalates_to_sigkill_after_the_timeout,
+        graceful_stop_uses_the_signal,
+        exec_returns_stdout_stderr_and_exit_code,
+        every_start_gets_a_blank_root_filesystem,
+        restart_policy_always_restarts_an_exiting_process,
+        restart_policy_on_failure_gives_up_after_max_retries,
+        on_failure_does_not_restart_a_success,
+        auto_destroy_destroys_when_the_process_exits,
+        skip_launch_creates_without_starting,
+        machine_runs_as_the_image_user_with_merged_config,
+        machines_survive_a_killed_server,
+        an_exit_while_the_server_is_down_is_recorded_after_restart,
+        sigterm_shuts_the_server_down_without_stopping_machines,
+        events_tell_the_story
+    ]
+);
 
 // Not `an_exit_while_the_server_is_down_is_recorded_after_restart`: it reaches into the
 // machine through the sandbox's root file system mount on the host, which a VM does not have.
-suite!(microvm, super::MICROVM, [exit_code_is_recorded_and_machine_stops,
-    stop_escalates_to_sigkill_after_the_timeout,
-    graceful_stop_uses_the_signal,
-    exec_returns_stdout_stderr_and_exit_code,
-    every_start_gets_a_blank_root_filesystem,
-    restart_policy_always_restarts_an_exiting_process,
-    restart_policy_on_failure_gives_up_after_max_retries,
-    on_failure_does_not_restart_a_success,
-    auto_destroy_destroys_when_the_process_exits,
-    skip_launch_creates_without_starting,
-    machine_runs_as_the_image_user_with_merged_config,
-    machines_survive_a_killed_server,
-    sigterm_shuts_the_server_down_without_stopping_machines,
-    events_tell_the_story]);
+suite!(
+    microvm,
+    super::MICROVM,
+    [
+        exit_code_is_recorded_and_machine_stops,
+        stop_escalates_to_sigkill_after_the_timeout,
+        graceful_stop_uses_the_signal,
+        exec_returns_stdout_stderr_and_exit_code,
+        every_start_gets_a_blank_root_filesystem,
+        restart_policy_always_restarts_an_exiting_process,
+        restart_policy_on_failure_gives_up_after_max_retries,
+        on_failure_does_not_restart_a_success,
+        auto_destroy_destroys_when_the_process_exits,
+        skip_launch_creates_without_starting,
+        machine_runs_as_the_image_user_with_merged_config,
+        machines_survive_a_killed_server,
+        sigterm_shuts_the_server_down_without_stopping_machines,
+        events_tell_the_story
+    ]
+);

@@ -79,7 +79,10 @@ fn suspend_resumes_memory_and_a_kernel_panic_is_reported() {
     w.start(&id);
     w.server.wait_state(APP, &id, "started");
     let after: u64 = w.wait_sh(&id, "cat /tmp/counter").trim().parse().unwrap();
-    assert!(after >= before, "the counter was reset: {before} then {after}");
+    assert!(
+        after >= before,
+        "the counter was reset: {before} then {after}"
+    );
 
     // A kernel panic: the machine is lost, the exit event says why.
     let _ = w.server.post(

@@ -328,13 +328,14 @@ fn main() {
         let bytes = std::fs::read(&path).map_err(|e| e.to_string());
         (path, bytes)
     };
-    let spec: LaunchSpec = match bytes.and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
-        Ok(s) => s,
-        Err(e) => {
-            log(format_args!("cannot read the launch spec {path}: {e}"));
-            std::process::exit(2);
-        }
-    };
+    let spec: LaunchSpec =
+        match bytes.and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+            Ok(s) => s,
+            Err(e) => {
+                log(format_args!("cannot read the launch spec {path}: {e}"));
+                std::process::exit(2);
+            }
+        };
     let signals = prepare_signals();
 
     let init = Arc::new(Init {

@@ -40,7 +40,13 @@ pub fn power_off() -> ! {
     std::process::exit(1);
 }
 
-fn mount_fs(source: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
     std::fs::create_dir_all(target).map_err(|e| format!("creating {target}: {e}"))?;
     mount(Some(source), target, Some(fstype), flags, data)
         .map_err(|e| format!("mounting {fstype} {source} on {target}: {}", e.desc()))
@@ -76,7 +82,11 @@ fn wait_for(paths: &[&str]) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            let missing: Vec<&str> = paths.iter().copied().filter(|p| !Path::new(p).exists()).collect();
+            let missing: Vec<&str> = paths
+                .iter()
+                .copied()
+                .filter(|p| !Path::new(p).exists())
+                .collect();
             return Err(format!(
                 "the disks {missing:?} did not appear within {}s",
                 DISK_WAIT.as_secs()
@@ -117,8 +127,15 @@ pub fn prepare() -> Result<Vec<u8>, String> {
     let none = MsFlags::empty();
     mount_fs("proc", "/proc", "proc", none, None)?;
     mount_fs("sysfs", "/sys", "sysfs", none, None)?;
-    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
-    let modules = std::fs::read_to_string(MODULES).map_err(|e| format!("reading {MODULES}: {e}"))?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    let modules =
+        std::fs::read_to_string(MODULES).map_err(|e| format!("reading {MODULES}: {e}"))?;
     for module in modules.lines().map(str::trim).filter(|l| !l.is_empty()) {
         load_module(module)?;
     }
@@ -132,7 +149,13 @@ pub fn prepare() -> Result<Vec<u8>, String> {
         Err(e) => return Err(format!("reading {LAUNCH}: {e}")),
     };
     wait_for(&[IMAGE_DISK, SCRATCH_DISK])?;
-    mount_fs(IMAGE_DISK, "/.lower", "ext4", MsFlags::MS_RDONLY, Some("noload"))?;
+    mount_fs(
+        IMAGE_DISK,
+        "/.lower",
+        "ext4",
+        MsFlags::MS_RDONLY,
+        Some("noload"),
+    )?;
     mount_fs(SCRATCH_DISK, "/.scratch", "ext4", MsFlags::MS_NOATIME, None)?;
     for dir in ["/.scratch/upper", "/.scratch/work"] {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {dir}: {e}"))?;

@@ -264,11 +264,8 @@ impl Microvm {
             RuntimeError::io(format!("resolving {}", config.cache_dir.display()), e)
         })?;
         let initramfs = {
-            let (cache, kernel, init) = (
-                cache_dir.clone(),
-                kernel.clone(),
-                config.init_path.clone(),
-            );
+            let (cache, kernel, init) =
+                (cache_dir.clone(), kernel.clone(), config.init_path.clone());
             tokio::task::spawn_blocking(move || kernel::initramfs(&cache, &kernel, &init))
                 .await
                 .map_err(|e| unavailable(format!("initramfs task: {e}")))?
@@ -352,7 +349,8 @@ impl Microvm {
         let mem = (memory_mb as u64 + QEMU_OVERHEAD_MB) << 20;
         let quota = (cpus as u64 + 1) * 100_000;
         for dir in self.cgroup_dirs(id) {
-            std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
             let controller = dir
                 .parent()
                 .and_then(Path::parent)
@@ -401,7 +399,9 @@ impl Microvm {
             "-no-reboot".into(),
         ];
         match self.accel.accel {
-            Accel::Kvm => argv.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
+            Accel::Kvm => {
+                argv.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()])
+            }
             _ => {
                 argv.extend([
                     "-accel".into(),
@@ -432,7 +432,10 @@ impl Microvm {
             "-device".into(),
             "virtio-blk-device,drive=image".into(),
             "-drive".into(),
-            format!("id=scratch,file={},format=raw,if=none,discard=unmap", p(&paths.scratch)),
+            format!(
+                "id=scratch,file={},format=raw,if=none,discard=unmap",
+                p(&paths.scratch)
+            ),
             "-device".into(),
             "virtio-blk-device,drive=scratch".into(),
             "-device".into(),
@@ -524,11 +527,13 @@ impl Microvm {
                 let pid = child.id().map(|p| p as i32).unwrap_or(0);
                 tokio::spawn(async move {
                     let how = match child.wait().await {
-                        Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
-                            (Some(c), _) => format!("exited with status {c}"),
-                            (_, Some(sig)) => format!("was killed by signal {sig}"),
-                            _ => "ended".into(),
-                        },
+                        Ok(s) => {
+                            match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+                                (Some(c), _) => format!("exited with status {c}"),
+                                (_, Some(sig)) => format!("was killed by signal {sig}"),
+                                _ => "ended".into(),
+                            }
+                        }
                         Err(e) => format!("could not be waited for: {e}"),
                     };
                     let _ = std::fs::write(&exit_file, how);
@@ -547,9 +552,12 @@ impl Microvm {
             }
         }
         let how = std::fs::read_to_string(&paths.exit).ok();
-        let last = std::fs::read_to_string(&paths.qemu_log)
-            .ok()
-            .and_then(|s| s.lines().rev().find(|l| !l.trim().is_empty()).map(String::from));
+        let last = std::fs::read_to_string(&paths.qemu_log).ok().and_then(|s| {
+            s.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(String::from)
+        });
         match (how, last) {
             (Some(how), Some(last)) => format!("QEMU {how}: {last}"),
             (Some(how), None) => format!("QEMU {how}"),
@@ -677,7 +685,10 @@ impl Microvm {
         let deadline = Instant::now() + KILL_WAIT;
         while Self::qemu_alive(pid, id) {
             if Instant::now() >= deadline {
-                warn!(machine = id, pid, "QEMU outlived SIGKILL; going on with the teardown");
+                warn!(
+                    machine = id,
+                    pid, "QEMU outlived SIGKILL; going on with the teardown"
+                );
                 return;
             }
             sleep(Duration::from_millis(5)).await;
@@ -717,8 +728,10 @@ fn console_panic(log: &Path, offset: u64) -> Option<String> {
     let mut text = Vec::new();
     f.read_to_end(&mut text).ok()?;
     let text = String::from_utf8_lossy(&text);
-    text.lines()
-        .find_map(|l| l.split_once("Kernel panic - not syncing: ").map(|(_, why)| why.trim().to_string()))
+    text.lines().find_map(|l| {
+        l.split_once("Kernel panic - not syncing: ")
+            .map(|(_, why)| why.trim().to_string())
+    })
 }
 
 #[async_trait]
@@ -863,7 +876,9 @@ impl Runtime for Microvm {
             if paths.vmstate.exists() {
                 return Ok(());
             }
-            return Err(RuntimeError::Boot(format!("machine {machine_id} is not running")));
+            return Err(RuntimeError::Boot(format!(
+                "machine {machine_id} is not running"
+            )));
         }
         let fail = |e: String| RuntimeError::Boot(format!("suspending machine {machine_id}: {e}"));
         let mut qmp = Qmp::connect(&paths.qmp).await.map_err(fail)?;
@@ -904,7 +919,11 @@ impl Runtime for Microvm {
         }
         self.kill_qemu(machine_id, record.pid).await;
         let _ = std::fs::remove_file(&paths.exit);
-        info!(machine = machine_id, "suspended to {}", paths.vmstate.display());
+        info!(
+            machine = machine_id,
+            "suspended to {}",
+            paths.vmstate.display()
+        );
         Ok(())
     }
 
@@ -912,8 +931,9 @@ impl Runtime for Microvm {
     async fn resume(&self, machine_id: &str) -> Result<Guest, RuntimeError> {
         validate_id(machine_id)?;
         let paths = self.paths(machine_id);
-        let mut record = Self::read_record(&paths)
-            .ok_or_else(|| RuntimeError::Boot(format!("machine {machine_id} has no boot to resume")))?;
+        let mut record = Self::read_record(&paths).ok_or_else(|| {
+            RuntimeError::Boot(format!("machine {machine_id} has no boot to resume"))
+        })?;
         if Self::qemu_alive(record.pid, machine_id) {
             // Never suspended (or already resumed): the machine runs.
             return self.attach(machine_id).await?.ok_or_else(|| {

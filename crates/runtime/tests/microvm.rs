@@ -100,7 +100,10 @@ struct Harness {
 
 impl Harness {
     async fn new() -> Harness {
-        let dir = tempfile::Builder::new().prefix("hv").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("hv")
+            .tempdir_in("/tmp")
+            .unwrap();
         let layers = build_image(&dir.path().join("image"));
         let mut config = MicrovmConfig::new(
             dir.path().join("s"),
@@ -109,9 +112,9 @@ impl Harness {
             KERNEL_DIR,
         );
         config.accel = Accel::Tcg;
-        let vm = Microvm::new(config)
-            .await
-            .expect("the microvm runtime (root, qemu-system-x86, the kernel from scripts/fetch-kernel.sh)");
+        let vm = Microvm::new(config).await.expect(
+            "the microvm runtime (root, qemu-system-x86, the kernel from scripts/fetch-kernel.sh)",
+        );
         Harness { vm, dir, layers }
     }
 
@@ -148,10 +151,16 @@ impl Harness {
     /// Nothing of the machine is left: no QEMU process, no directory (disks, sockets), no
     /// cgroup.
     fn assert_gone(&self, id: &str) {
-        assert!(!self.machine_dir(id).exists(), "machine directory left behind");
+        assert!(
+            !self.machine_dir(id).exists(),
+            "machine directory left behind"
+        );
         assert!(qemu_pids(id).is_empty(), "QEMU left running for {id}");
         for ctl in ["memory", "cpu", "pids", ""] {
-            let cg = Path::new("/sys/fs/cgroup").join(ctl).join("hangar-vm").join(id);
+            let cg = Path::new("/sys/fs/cgroup")
+                .join(ctl)
+                .join("hangar-vm")
+                .join(id);
             assert!(!cg.exists(), "cgroup {} left behind", cg.display());
         }
     }
@@ -209,11 +218,10 @@ const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/c.new; mv 
 async fn a_microvm_is_a_real_vm_with_its_own_kernel() {
     let h = Harness::new().await;
     let id = unique("vm");
-    let guest = h
-        .vm
-        .boot(&h.spec(&id, &["/bin/sh", "-c", COUNTER], 2, 256))
-        .await
-        .expect("boot");
+    let guest =
+        h.vm.boot(&h.spec(&id, &["/bin/sh", "-c", COUNTER], 2, 256))
+            .await
+            .expect("boot");
     let pid = match guest.main() {
         MainProcess::Running { pid, .. } => pid,
         other => panic!("main process not running: {other:?}"),
@@ -226,17 +234,23 @@ async fn a_microvm_is_a_real_vm_with_its_own_kernel() {
     assert_ne!(uname, host.release().to_string_lossy());
     // guest.cpus and guest.memory_mb.
     assert_eq!(sh(&guest, "nproc").await, "2");
-    let mem_kb: u64 = sh(&guest, "sed -n 's/^MemTotal: *\\([0-9]*\\) kB/\\1/p' /proc/meminfo")
-        .await
-        .parse()
-        .unwrap();
+    let mem_kb: u64 = sh(
+        &guest,
+        "sed -n 's/^MemTotal: *\\([0-9]*\\) kB/\\1/p' /proc/meminfo",
+    )
+    .await
+    .parse()
+    .unwrap();
     assert!(
         mem_kb <= 256 * 1024 && mem_kb > 256 * 1024 * 3 / 4,
         "MemTotal {mem_kb} kB for a 256 MB guest"
     );
     // The image with its layers applied: the top layer's file and whiteout.
     assert_eq!(sh(&guest, "cat /etc/motd").await, "from the top layer");
-    assert_eq!(sh(&guest, "test -e /etc/gone && echo there || echo gone").await, "gone");
+    assert_eq!(
+        sh(&guest, "test -e /etc/gone && echo there || echo gone").await,
+        "gone"
+    );
     // The QEMU process is in its cgroup.
     let qemu = qemu_pids(&id);
     assert_eq!(qemu.len(), 1);
@@ -251,7 +265,10 @@ async fn a_microvm_is_a_real_vm_with_its_own_kernel() {
     assert!(h.machine_dir(&id).join("vmstate").exists());
     let guest = h.vm.resume(&id).await.expect("resume");
     let after: u64 = sh(&guest, "cat /tmp/counter").await.parse().unwrap();
-    assert!(after >= before, "counter went from {before} back to {after}");
+    assert!(
+        after >= before,
+        "counter went from {before} back to {after}"
+    );
     match guest.main() {
         MainProcess::Running { pid: p, .. } => assert_eq!(p, pid, "a new main process"),
         other => panic!("main process not running after resume: {other:?}"),
@@ -279,18 +296,24 @@ async fn a_microvm_is_a_real_vm_with_its_own_kernel() {
     assert_eq!(status.signal, Some(libc::SIGKILL));
     drop(guest);
     let remains = h.vm.teardown(&id).await.expect("teardown");
-    assert_eq!(remains.reason, None, "a VM torn down while running needs no reason");
+    assert_eq!(
+        remains.reason, None,
+        "a VM torn down while running needs no reason"
+    );
     h.assert_gone(&id);
 
     // The next boot starts from the image again (the blank slate), and the shared image disk
     // was built once.
-    let guest = h
-        .vm
-        .boot(&h.spec(&id, &["/bin/sleep", "1000"], 1, 128))
-        .await
-        .expect("second boot");
+    let guest =
+        h.vm.boot(&h.spec(&id, &["/bin/sleep", "1000"], 1, 128))
+            .await
+            .expect("second boot");
     assert_eq!(
-        sh(&guest, "test -e /root/scratch-file && echo kept || echo fresh").await,
+        sh(
+            &guest,
+            "test -e /root/scratch-file && echo kept || echo fresh"
+        )
+        .await,
         "fresh"
     );
     assert_eq!(sh(&guest, "nproc").await, "1");
@@ -336,11 +359,10 @@ async fn a_microvm_is_a_real_vm_with_its_own_kernel() {
 async fn a_killed_qemu_is_reported() {
     let h = Harness::new().await;
     let id = unique("killed");
-    let guest = h
-        .vm
-        .boot(&h.spec(&id, &["/bin/sleep", "1000"], 1, 128))
-        .await
-        .expect("boot");
+    let guest =
+        h.vm.boot(&h.spec(&id, &["/bin/sleep", "1000"], 1, 128))
+            .await
+            .expect("boot");
     let pids = qemu_pids(&id);
     assert_eq!(pids.len(), 1);
     nix::sys::signal::kill(
@@ -366,11 +388,10 @@ async fn bad_input_is_refused_and_leaves_nothing() {
 
     // More memory than the host has.
     let id = unique("huge");
-    let err = h
-        .vm
-        .boot(&h.spec(&id, &["/bin/true"], 1, u32::MAX / 2))
-        .await
-        .expect_err("memory beyond the host");
+    let err =
+        h.vm.boot(&h.spec(&id, &["/bin/true"], 1, u32::MAX / 2))
+            .await
+            .expect_err("memory beyond the host");
     assert!(err.to_string().contains("more than this host has"), "{err}");
     h.assert_gone(&id);
 
@@ -391,7 +412,10 @@ async fn bad_input_is_refused_and_leaves_nothing() {
     let leftovers: Vec<_> = std::fs::read_dir(h.dir.path().join("cache/images"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    assert!(leftovers.is_empty(), "left in the image cache: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "left in the image cache: {leftovers:?}"
+    );
 
     // A missing kernel, a missing QEMU: the runtime refuses to start, naming what to install.
     let mut config = MicrovmConfig::new(

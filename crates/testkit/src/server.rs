@@ -338,7 +338,11 @@ impl Drop for TestServer {
             remove_cgroups(&id);
         }
         // And no VM: QEMU runs under the keeper, not as the server's child.
-        for entry in std::fs::read_dir(data.join("vm")).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(data.join("vm"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let id = entry.file_name().to_string_lossy().to_string();
             for pid in qemu_of(&id) {
                 let _ = nix::sys::signal::kill(
@@ -492,7 +496,12 @@ fn leftovers(data: &Path, machine_id: &str) -> Vec<String> {
     for p in qemu_of(machine_id) {
         out.push(format!("QEMU process {p}"));
     }
-    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/pids"] {
+    for root in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/pids",
+    ] {
         let cg = Path::new(root).join("hangar-vm").join(machine_id);
         if cg.exists() {
             out.push(format!("cgroup {}", cg.display()));

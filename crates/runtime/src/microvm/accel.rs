@@ -123,7 +123,8 @@ pub async fn boot_to_init(
             let mut stderr = String::new();
             if let Some(mut e) = child.stderr.take() {
                 use tokio::io::AsyncReadExt;
-                let _ = tokio::time::timeout(Duration::from_secs(2), e.read_to_string(&mut stderr)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), e.read_to_string(&mut stderr))
+                    .await;
             }
             let last = stderr
                 .lines()

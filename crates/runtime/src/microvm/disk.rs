@@ -48,7 +48,11 @@ async fn mkfs(args: &[&std::ffi::OsStr]) -> Result<(), String> {
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| format!("cannot run mkfs.ext4: {e}; install e2fsprogs (Debian: apt-get install e2fsprogs)"))?;
+        .map_err(|e| {
+            format!(
+                "cannot run mkfs.ext4: {e}; install e2fsprogs (Debian: apt-get install e2fsprogs)"
+            )
+        })?;
     if out.status.success() {
         Ok(())
     } else {
@@ -86,7 +90,12 @@ fn image_too_big(size: u64, limit: u64) -> String {
     )
 }
 
-async fn build_image(work: &Path, layers: &[PathBuf], out: &Path, limit: u64) -> Result<(), String> {
+async fn build_image(
+    work: &Path,
+    layers: &[PathBuf],
+    out: &Path,
+    limit: u64,
+) -> Result<(), String> {
     let tree = work.join("tree");
     std::fs::create_dir_all(&tree).map_err(|e| format!("creating {}: {e}", tree.display()))?;
     let source = match layers {
@@ -168,6 +177,9 @@ mod tests {
         let c = image_key(&[PathBuf::from("/l/ab")]);
         assert_ne!(a, b);
         assert_ne!(a, c);
-        assert_eq!(a, image_key(&[PathBuf::from("/l/a"), PathBuf::from("/l/b")]));
+        assert_eq!(
+            a,
+            image_key(&[PathBuf::from("/l/a"), PathBuf::from("/l/b")])
+        );
     }
 }

@@ -70,7 +70,10 @@ pub fn explicit(image: &Path, modules: &Path) -> Kernel {
 
 /// The NUL-separated `key=value` strings of an ELF object's `.modinfo` section.
 pub fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>, String> {
-    let u16_at = |o: usize| -> Option<u64> { elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u64) };
+    let u16_at = |o: usize| -> Option<u64> {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as u64)
+    };
     let u32_at = |o: usize| -> Option<u64> {
         elf.get(o..o + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64)
@@ -90,7 +93,11 @@ pub fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>, String> {
     let shstrndx = u16_at(0x3E).ok_or_else(bad)? as usize;
     let section = |i: usize| -> Option<(u64, usize, usize)> {
         let h = shoff + i * shentsize;
-        Some((u32_at(h)?, u64_at(h + 0x18)? as usize, u64_at(h + 0x20)? as usize))
+        Some((
+            u32_at(h)?,
+            u64_at(h + 0x18)? as usize,
+            u64_at(h + 0x20)? as usize,
+        ))
     };
     let (_, str_off, str_size) = section(shstrndx).ok_or_else(bad)?;
     let names = elf.get(str_off..str_off + str_size).ok_or_else(bad)?;
@@ -268,7 +275,8 @@ pub fn initramfs(cache: &Path, kernel: &Kernel, init: &Path) -> Result<PathBuf, 
         cpio.add(dir, Entry::Dir).map_err(io)?;
     }
     cpio.add("dev/console", Entry::CharDev(5, 1)).map_err(io)?;
-    cpio.add("init", Entry::File(&init_bytes, 0o755)).map_err(io)?;
+    cpio.add("init", Entry::File(&init_bytes, 0o755))
+        .map_err(io)?;
     let mut list = String::new();
     for (i, m) in modules.iter().enumerate() {
         let bytes = std::fs::read(m).map_err(|e| format!("{}: {e}", m.display()))?;
@@ -313,9 +321,7 @@ mod tests {
         assert_eq!(&out[110..112], b"a\0");
         assert_eq!(&out[112..117], b"hello");
         assert_eq!(out.len() % 4, 0);
-        assert!(out
-            .windows(10)
-            .any(|w| w == b"TRAILER!!!"));
+        assert!(out.windows(10).any(|w| w == b"TRAILER!!!"));
     }
 
     #[test]
