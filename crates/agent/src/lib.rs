@@ -590,10 +590,7 @@ impl Agent {
         id: &str,
         w: Wait<'_>,
     ) -> Result<WaitResponse, AgentError> {
-        let waits_for_stop = w
-            .states
-            .iter()
-            .any(|s| *s == WaitFor::State(MachineState::Stopped));
+        let waits_for_stop = w.states.contains(&WaitFor::State(MachineState::Stopped));
         if waits_for_stop && w.version.is_none() {
             return Err(AgentError::InvalidArgument(
                 "version: waiting for the stopped state needs the machine version (instance_id)"

@@ -113,7 +113,14 @@ fn a_host_without_qemu_or_kernel_refuses_to_start() {
             .arg("server")
             .arg("--data-dir")
             .arg(dir.path().join("data"))
-            .args(["--listen", "127.0.0.1:0", "--runtime", "microvm", "--accel", "tcg"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--runtime",
+                "microvm",
+                "--accel",
+                "tcg",
+            ])
             .arg("--init")
             .arg(hangar_testkit::init::init_binary())
             .args(extra)
@@ -131,5 +138,9 @@ fn a_host_without_qemu_or_kernel_refuses_to_start() {
         "/nonexistent/modules",
     ]);
     assert!(err.contains("/nonexistent/vmlinuz"), "{err}");
-    assert!(!dir.path().join("data/vm").read_dir().is_ok_and(|mut d| d.next().is_some()));
+    assert!(!dir
+        .path()
+        .join("data/vm")
+        .read_dir()
+        .is_ok_and(|mut d| d.next().is_some()));
 }

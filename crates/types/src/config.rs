@@ -485,7 +485,7 @@ impl MachineConfig {
             ));
         }
         for (i, p) in self.processes.iter().enumerate() {
-            for (k, _) in &p.env {
+            for k in p.env.keys() {
                 validate_env_name(k)
                     .map_err(|m| ConfigError::new(format!("processes[{i}].env.{k}"), m))?;
             }

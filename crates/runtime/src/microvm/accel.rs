@@ -129,8 +129,7 @@ pub async fn boot_to_init(
             let last = stderr
                 .lines()
                 .chain(console.iter().map(String::as_str))
-                .filter(|l| !l.trim().is_empty())
-                .last()
+                .rfind(|l| !l.trim().is_empty())
                 .unwrap_or("no output")
                 .to_string();
             Err(format!("the guest ended before reaching /init: {last}"))
