@@ -108,6 +108,9 @@ pub struct Microvm {
     host_memory_mb: u64,
     /// Image disks are built one at a time.
     building: tokio::sync::Mutex<()>,
+    /// How each QEMU this server started ended, by machine id: (pid, how). Kept in memory, not
+    /// in the machine's directory, which teardown may be removing at that moment.
+    ended: Arc<std::sync::Mutex<std::collections::HashMap<String, (i32, String)>>>,
 }
 
 /// What a boot left for teardown and a later server: enough to find and restart its QEMU.
@@ -129,7 +132,6 @@ struct Paths {
     scratch: PathBuf,
     qemu_log: PathBuf,
     vmstate: PathBuf,
-    exit: PathBuf,
 }
 
 fn validate_id(id: &str) -> Result<(), RuntimeError> {
@@ -292,6 +294,7 @@ impl Microvm {
             keeper,
             host_memory_mb: host_memory_mb(),
             building: tokio::sync::Mutex::new(()),
+            ended: Arc::default(),
         })
     }
 
@@ -327,7 +330,6 @@ impl Microvm {
             scratch: dir.join("scratch.img"),
             qemu_log: dir.join("qemu.log"),
             vmstate: dir.join("vmstate"),
-            exit: dir.join("qemu.exit"),
             dir,
         }
     }
@@ -488,8 +490,15 @@ impl Microvm {
     }
 
     /// Starts QEMU (under the keeper when there is one): its pid.
-    async fn spawn(&self, argv: Vec<String>, paths: &Paths) -> Result<i32, String> {
-        let exit_file = paths.exit.clone();
+    async fn spawn(&self, id: &str, argv: Vec<String>, paths: &Paths) -> Result<i32, String> {
+        let ended = Arc::clone(&self.ended);
+        let id = id.to_string();
+        let record = move |pid: i32, how: String| {
+            ended
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, (pid, how));
+        };
         match &self.keeper {
             Some(keeper) => {
                 let keeper = keeper.clone();
@@ -505,7 +514,7 @@ impl Microvm {
                         Ok(Ended::Signal(s)) => format!("was killed by signal {s}"),
                         Err(e) => return debug!(error = %e, "lost track of QEMU"),
                     };
-                    let _ = std::fs::write(&exit_file, how);
+                    record(pid, how);
                 });
                 Ok(pid)
             }
@@ -536,7 +545,7 @@ impl Microvm {
                         }
                         Err(e) => format!("could not be waited for: {e}"),
                     };
-                    let _ = std::fs::write(&exit_file, how);
+                    record(pid, how);
                 });
                 Ok(pid)
             }
@@ -551,7 +560,12 @@ impl Microvm {
                 return format!("the guest kernel panicked: {panic}");
             }
         }
-        let how = std::fs::read_to_string(&paths.exit).ok();
+        let id = paths
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let how = record.and_then(|rec| self.ended_how(&id, rec.pid));
         let last = std::fs::read_to_string(&paths.qemu_log).ok().and_then(|s| {
             s.lines()
                 .rev()
@@ -564,6 +578,22 @@ impl Microvm {
             (None, Some(last)) => format!("QEMU ended: {last}"),
             (None, None) => "the QEMU process is gone".into(),
         }
+    }
+
+    /// How this machine's QEMU `pid` ended, if this server saw it end.
+    fn ended_how(&self, id: &str, pid: i32) -> Option<String> {
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended
+            .get(id)
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, how)| how.clone())
+    }
+
+    fn forget_ended(&self, id: &str) {
+        self.ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     fn read_record(paths: &Paths) -> Option<BootRecord> {
@@ -651,7 +681,7 @@ impl Microvm {
             .unwrap_or(0);
         let argv = self.qemu_argv(spec, &image, paths);
         let deadline = Instant::now() + BOOT_DEADLINE;
-        let pid = self.spawn(argv.clone(), paths).await?;
+        let pid = self.spawn(id, argv.clone(), paths).await?;
         let record = BootRecord {
             argv,
             pid,
@@ -805,7 +835,7 @@ impl Runtime for Microvm {
             } else if remains.reason.is_none() {
                 // The waiter records how QEMU ended moments after it does.
                 let deadline = Instant::now() + Duration::from_millis(500);
-                while !paths.exit.exists() && Instant::now() < deadline {
+                while self.ended_how(machine_id, rec.pid).is_none() && Instant::now() < deadline {
                     sleep(Duration::from_millis(10)).await;
                 }
                 remains.reason = Some(self.why_gone(&paths, Some(rec)));
@@ -835,7 +865,19 @@ impl Runtime for Microvm {
                 }
             }
         }
-        match std::fs::remove_dir_all(&paths.dir) {
+        self.forget_ended(machine_id);
+        let mut removed = std::fs::remove_dir_all(&paths.dir);
+        for _ in 0..3 {
+            // Something may still be closing a file in it (a QEMU on its way out).
+            match &removed {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    sleep(Duration::from_millis(20)).await;
+                    removed = std::fs::remove_dir_all(&paths.dir);
+                }
+                _ => break,
+            }
+        }
+        match removed {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
@@ -918,7 +960,7 @@ impl Runtime for Microvm {
             sleep(Duration::from_millis(5)).await;
         }
         self.kill_qemu(machine_id, record.pid).await;
-        let _ = std::fs::remove_file(&paths.exit);
+        self.forget_ended(machine_id);
         info!(
             machine = machine_id,
             "suspended to {}",
@@ -952,7 +994,7 @@ impl Runtime for Microvm {
             format!("exec:cat {}", paths.vmstate.display()),
         ]);
         let deadline = Instant::now() + BOOT_DEADLINE;
-        let pid = self.spawn(argv, &paths).await.map_err(fail)?;
+        let pid = self.spawn(machine_id, argv, &paths).await.map_err(fail)?;
         record.pid = pid;
         write_record(&paths, &record).map_err(fail)?;
         let (cpus, mem) = parse_resources(&record.argv);
