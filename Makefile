@@ -38,6 +38,7 @@ bench: build
 	$(CARGO) run --release -p hangar-bench --bin api
 	$(CARGO) run --release -p hangar-bench --bin cli
 	$(CARGO) run --release -p hangar-bench --bin pull
+	$(CARGO) run --release -p hangar-bench --bin microvm
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

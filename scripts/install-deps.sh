@@ -4,7 +4,7 @@
 set -eu
 
 need=""
-pkgs="runc docker-registry busybox-static ca-certificates python3 python3-venv e2fsprogs"
+pkgs="runc docker-registry busybox-static ca-certificates python3 python3-venv e2fsprogs qemu-system-x86"
 # The benchmarks' baselines: skopeo + umoci for image pulls.
 if [ "${HANGAR_BENCH_DEPS:-}" = 1 ]; then
     pkgs="$pkgs skopeo umoci"
@@ -32,6 +32,11 @@ fi
 # tests run their own registries, so that one is not needed.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
     systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+
+# The microvm runtime's guest kernel (Debian's linux-image-cloud-amd64, unpacked, not installed).
+if [ "$(id -u)" -eq 0 ]; then
+    "$(dirname "$0")/fetch-kernel.sh" /var/lib/hangar/kernel
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -276,6 +276,11 @@ impl Agent {
         Ok(Agent { inner })
     }
 
+    /// The host's runtimes and how they were set up (the microvm's accelerator and why).
+    pub fn runtime_status(&self) -> serde_json::Value {
+        self.inner.runtime.status()
+    }
+
     pub fn region(&self) -> &str {
         &self.inner.region
     }
@@ -396,7 +401,7 @@ impl Agent {
         }
         let wanted = config.effective_guest().runtime;
         if let Some(rt) = wanted.as_deref() {
-            if rt != self.inner.runtime.kind() {
+            if !self.inner.runtime.provides(rt) {
                 return Err(AgentError::Unprocessable(format!(
                     "runtime {rt:?} is not available on this host (it runs {:?})",
                     self.inner.runtime.kind()

@@ -670,6 +670,14 @@ impl MachineActor {
                 memory_mb: guest.memory_mb,
             },
             log_path: self.inner.log_path(&rec.id),
+            runtime: guest.runtime.clone(),
+            rootfs_size_gb: rec
+                .config
+                .extra
+                .get("rootfs")
+                .and_then(|r| r.get("size_gb"))
+                .and_then(|v| v.as_u64())
+                .and_then(|v| u32::try_from(v).ok()),
         };
         self.inner
             .runtime
@@ -733,7 +741,12 @@ impl MachineActor {
     async fn on_exit(&mut self, res: Result<ExitStatus, GuestError>) {
         self.set_guest(None);
         let remains = self.teardown().await;
-        self.record_exit(exit_status(res), remains, false).await;
+        let mut status = exit_status(res);
+        if let (Some(_), Some(why)) = (&status.error, &remains.reason) {
+            // The runtime knows better than "lost contact" (a guest kernel panic, a killed VMM).
+            status.error = Some(format!("lost contact with the machine: {why}"));
+        }
+        self.record_exit(status, remains, false).await;
     }
 
     /// Records how the process ended, then stops, restarts or destroys the machine as its

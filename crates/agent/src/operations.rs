@@ -71,7 +71,7 @@ impl Agent {
             }
         }
         if let Some(rt) = config.effective_guest().runtime.as_deref() {
-            if rt != self.inner.runtime.kind() {
+            if !self.inner.runtime.provides(rt) {
                 return Err(AgentError::Unprocessable(format!(
                     "runtime {rt:?} is not available on this host (it runs {:?})",
                     self.inner.runtime.kind()

@@ -85,6 +85,7 @@ pub fn router(agent: Agent, token: String) -> Router {
         )
         .route("/orgs/{org}/machines", get(routes::platform::org_machines))
         .route("/platform/regions", get(routes::platform::regions))
+        .route("/platform/runtime", get(routes::platform::runtime))
         .route("/openapi.json", get(routes::platform::openapi))
         .route(
             "/images",

@@ -66,6 +66,9 @@ fn extensions() -> Value {
         "/images/prune": {
             "post": op("Hangar_images_prune", "Remove every image and layer no machine uses", &[])
         },
+        "/platform/runtime": {
+            "get": op("Hangar_platform_runtime", "The host's runtimes: the default, and for microvm the accelerator in use and why", &[])
+        },
         "/openapi.json": {
             "get": op("Hangar_openapi", "This document", &[])
         }

@@ -13,6 +13,10 @@ use clap::{Args, ValueEnum};
 use hangar_agent::{Agent, AgentConfig};
 use hangar_image::{ImageStore, StoreOptions};
 use hangar_runtime::sandbox::{Sandbox, SandboxConfig};
+use hangar_runtime::{Accel, Microvm, MicrovmConfig, Runtime, Runtimes};
+
+/// Where `scripts/fetch-kernel.sh` unpacks the guest kernel by default.
+const DEFAULT_KERNEL_DIR: &str = "/var/lib/hangar/kernel";
 use hangar_store::Store;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
@@ -34,9 +38,29 @@ pub struct ServerArgs {
     region: String,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// How machines run
-    #[arg(long, value_enum, default_value_t = RuntimeKind::Sandbox)]
+    /// How machines run by default
+    #[arg(long, env = "HANGAR_RUNTIME", value_enum, default_value_t = RuntimeKind::Sandbox)]
     runtime: RuntimeKind,
+    /// Another runtime machines may ask for with `config.guest.runtime` (repeatable)
+    #[arg(long = "extra-runtime", value_enum, value_name = "RUNTIME")]
+    extra_runtimes: Vec<RuntimeKind>,
+    /// The microvm runtime's accelerator: `auto` probes KVM with a boot and falls back to TCG
+    #[arg(long, env = "HANGAR_ACCEL", value_enum, default_value_t = AccelArg::Auto)]
+    accel: AccelArg,
+    /// The microVM guest kernel [default: the one `scripts/fetch-kernel.sh` unpacked into
+    /// DATA_DIR/kernel, else /var/lib/hangar/kernel]
+    #[arg(long, env = "HANGAR_KERNEL", requires = "initrd_modules")]
+    kernel: Option<PathBuf>,
+    /// The modules of --kernel (its `lib/modules/VERSION` directory)
+    #[arg(
+        long = "initrd-modules",
+        env = "HANGAR_INITRD_MODULES",
+        requires = "kernel"
+    )]
+    initrd_modules: Option<PathBuf>,
+    /// The QEMU binary
+    #[arg(long, env = "HANGAR_QEMU", default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
     /// The static hangar-init binary [default: hangar-init next to this executable]
     #[arg(long = "init", env = "HANGAR_INIT")]
     init: Option<PathBuf>,
@@ -88,9 +112,17 @@ enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum RuntimeKind {
     Sandbox,
+    Microvm,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -125,20 +157,62 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .with_file_name("hangar-init"),
     };
     let exe = std::env::current_exe().context("cannot locate the hangar executable")?;
-    let runtime = match args.runtime {
-        RuntimeKind::Sandbox => Sandbox::new(SandboxConfig {
-            state_dir: data_dir.join("sandbox"),
-            init_path,
-            runc: args.runc,
-            keeper: Some(vec![exe.into_os_string(), "keeper".into()]),
-        })?,
+    let keeper = vec![exe.into_os_string(), "keeper".into()];
+    let mut kinds = vec![args.runtime];
+    kinds.extend(args.extra_runtimes.iter().filter(|k| **k != args.runtime));
+    let mut runtimes: Vec<Arc<dyn Runtime>> = Vec::new();
+    for kind in kinds {
+        let runtime: Arc<dyn Runtime> = match kind {
+            RuntimeKind::Sandbox => Arc::new(Sandbox::new(SandboxConfig {
+                state_dir: data_dir.join("sandbox"),
+                init_path: init_path.clone(),
+                runc: args.runc.clone(),
+                keeper: Some(keeper.clone()),
+            })?),
+            RuntimeKind::Microvm => {
+                let kernel_dir = [data_dir.join("kernel"), PathBuf::from(DEFAULT_KERNEL_DIR)]
+                    .into_iter()
+                    .find(|d| d.join("boot").is_dir())
+                    .unwrap_or_else(|| data_dir.join("kernel"));
+                let mut config = MicrovmConfig::new(
+                    data_dir.join("vm"),
+                    data_dir.join("vm-cache"),
+                    init_path.clone(),
+                    kernel_dir,
+                );
+                config.qemu = args.qemu.clone();
+                config.kernel = args.kernel.clone().zip(args.initrd_modules.clone());
+                config.accel = match args.accel {
+                    AccelArg::Auto => Accel::Auto,
+                    AccelArg::Kvm => Accel::Kvm,
+                    AccelArg::Tcg => Accel::Tcg,
+                };
+                config.keeper = Some(keeper.clone());
+                let vm = Microvm::new(config).await?;
+                info!(
+                    accel = vm.accel().accel.as_str(),
+                    reason = %vm.accel().reason,
+                    "microvm runtime: {} ({})",
+                    vm.accel().accel.as_str(),
+                    vm.accel().reason
+                );
+                Arc::new(vm)
+            }
+        };
+        runtimes.push(runtime);
+    }
+    let default = runtimes.remove(0);
+    let runtime: Arc<dyn Runtime> = if runtimes.is_empty() {
+        default
+    } else {
+        Arc::new(Runtimes::new(default, runtimes))
     };
     let agent = Agent::open(AgentConfig {
         data_dir: data_dir.clone(),
         region: args.region.clone(),
         store,
         images,
-        runtime: Arc::new(runtime),
+        runtime,
         memory_capacity_mb: args.memory_capacity_mb,
         schedule_hour: std::time::Duration::from_millis(args.schedule_hour_ms.max(100)),
     })

@@ -38,6 +38,9 @@ impl Server {
             let listener = UnixListener::bind(path).map_err(|e| format!("binding {path}: {e}"))?;
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
             Ok(Server::Unix(listener))
+        } else if let Some(name) = control.strip_prefix("vport:") {
+            // A microVM's virtio-serial port, by the name the host gave it.
+            Server::open(&format!("serial:{}", crate::vm::find_port(name)?))
         } else if let Some(path) = control.strip_prefix("serial:") {
             let file = std::fs::OpenOptions::new()
                 .read(true)
@@ -48,7 +51,7 @@ impl Server {
             make_raw(&file);
             Ok(Server::Serial(file))
         } else {
-            Err("expected unix:PATH or serial:PATH".into())
+            Err("expected unix:PATH, serial:PATH or vport:NAME".into())
         }
     }
 
@@ -283,10 +286,8 @@ fn shutdown(init: &Init, generation: u64, id: u64) {
     }
     reply(init, generation, id, None);
     init.flush(generation, Duration::from_secs(1));
-    if init.spec.control.starts_with("serial:") {
-        nix::unistd::sync();
-        let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
-        log(format_args!("power off: {e}"));
+    if init.spec.control.starts_with("serial:") || init.spec.control.starts_with("vport:") {
+        crate::vm::power_off();
     }
     std::process::exit(0);
 }

@@ -15,6 +15,7 @@ mod procs;
 mod setup;
 mod spawn;
 mod users;
+mod vm;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -310,20 +311,31 @@ fn start_main(init: &Arc<Init>) -> Result<(), SpawnFailure> {
 }
 
 fn main() {
-    let Some(path) = std::env::args().nth(1) else {
-        log("usage: hangar-init LAUNCH_SPEC.json");
-        std::process::exit(2);
-    };
-    let spec: LaunchSpec = match std::fs::read(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(s) => s,
-        Err(e) => {
-            log(format_args!("cannot read the launch spec {path}: {e}"));
-            std::process::exit(2);
+    let (path, bytes) = if vm::in_initramfs() {
+        // A microVM: move from the initramfs into the machine's root first.
+        match vm::prepare() {
+            Ok(b) => (vm::LAUNCH.to_string(), Ok(b)),
+            Err(e) => {
+                log(format_args!("cannot prepare the machine: {e}"));
+                vm::power_off();
+            }
         }
+    } else {
+        let Some(path) = std::env::args().nth(1) else {
+            log("usage: hangar-init LAUNCH_SPEC.json");
+            std::process::exit(2);
+        };
+        let bytes = std::fs::read(&path).map_err(|e| e.to_string());
+        (path, bytes)
     };
+    let spec: LaunchSpec =
+        match bytes.and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+            Ok(s) => s,
+            Err(e) => {
+                log(format_args!("cannot read the launch spec {path}: {e}"));
+                std::process::exit(2);
+            }
+        };
     let signals = prepare_signals();
 
     let init = Arc::new(Init {

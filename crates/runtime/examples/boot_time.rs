@@ -117,6 +117,8 @@ async fn main() {
             memory_mb: 256,
         },
         log_path: dir.path().join("machine.log"),
+        runtime: None,
+        rootfs_size_gb: None,
     };
 
     // The bare variants run the sandbox's own config.json on an overlay of the same layer,

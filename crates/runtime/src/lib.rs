@@ -15,9 +15,13 @@ use hangar_proto::LaunchSpec;
 
 pub mod guest;
 pub mod keeper;
+pub mod microvm;
+mod multi;
 pub mod sandbox;
 
 pub use guest::{ExecOutput, ExecSession, Guest, GuestError, SessionEvent};
+pub use microvm::{Accel, Microvm, MicrovmConfig};
+pub use multi::Runtimes;
 pub use sandbox::{become_subreaper, Sandbox, SandboxConfig};
 
 /// What a runtime needs to boot one machine.
@@ -32,6 +36,11 @@ pub struct BootSpec {
     pub resources: Resources,
     /// The machine's console (its processes' stdout and stderr) is appended here.
     pub log_path: PathBuf,
+    /// The runtime the machine asked for (`config.guest.runtime`); `None`: the host's default.
+    pub runtime: Option<String>,
+    /// The root file system's size limit in GB (`config.rootfs.size_gb`); `None`: the
+    /// runtime's default. Only the microvm runtime has a disk to size.
+    pub rootfs_size_gb: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,10 +50,13 @@ pub struct Resources {
 }
 
 /// What was left of a boot when it was torn down.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Remains {
     /// The kernel's OOM killer killed a process of this machine during the boot.
     pub oom_killed: bool,
+    /// Why the machine was already gone when it was torn down (a guest kernel panic, a
+    /// killed VMM), when the runtime can tell.
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +90,22 @@ impl RuntimeError {
 pub trait Runtime: Send + Sync + 'static {
     /// `sandbox` or `microvm`.
     fn kind(&self) -> &'static str;
+
+    /// Whether machines can ask this host for runtime `kind` (`config.guest.runtime`).
+    fn provides(&self, kind: &str) -> bool {
+        kind == self.kind()
+    }
+
+    /// What the runtime is and how it was set up (for the status endpoint).
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({ "kind": self.kind() })
+    }
+
+    /// Whether this runtime has anything of the machine on the host.
+    fn has(&self, machine_id: &str) -> bool {
+        let _ = machine_id;
+        false
+    }
 
     /// Boots a machine and returns once init reports the main process running (or already
     /// exited, or failed to start it). On error, nothing of the boot is left behind.

@@ -21,7 +21,7 @@
 //! makes itself the subreaper ([`become_subreaper`]) and teardown reaps the init by pid.
 
 mod bundle;
-mod host;
+pub(crate) mod host;
 
 use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;
@@ -787,6 +787,7 @@ impl Runtime for Sandbox {
             })??;
         Ok(Remains {
             oom_killed: oom_kills > 0,
+            reason: None,
         })
     }
 
@@ -826,6 +827,11 @@ impl Runtime for Sandbox {
         self.attach(machine_id).await?.ok_or_else(|| {
             RuntimeError::Boot(format!("machine {machine_id} was gone when it was resumed"))
         })
+    }
+
+    fn has(&self, machine_id: &str) -> bool {
+        validate_id(machine_id).is_ok()
+            && (self.paths(machine_id).dir.exists() || self.runc_root.join(machine_id).exists())
     }
 
     async fn list(&self) -> Result<Vec<String>, RuntimeError> {

@@ -167,6 +167,8 @@ impl Harness {
                 memory_mb: 256,
             },
             log_path: self.log_path(),
+            runtime: None,
+            rootfs_size_gb: None,
         }
     }
 
@@ -333,7 +335,13 @@ async fn exit_code_and_console_are_reported() {
         log.contains("hello-console") && log.contains("to-stderr"),
         "log: {log}"
     );
-    assert_eq!(t.teardown_and_check().await, Remains { oom_killed: false });
+    assert_eq!(
+        t.teardown_and_check().await,
+        Remains {
+            oom_killed: false,
+            reason: None
+        }
+    );
 }
 
 #[tokio::test]
@@ -739,7 +747,13 @@ async fn a_process_over_its_memory_is_oom_killed_and_teardown_says_so() {
         .await;
     let status = guest.exited().await.unwrap();
     assert_eq!(status.signal, Some(libc::SIGKILL), "{status:?}");
-    assert_eq!(t.teardown_and_check().await, Remains { oom_killed: true });
+    assert_eq!(
+        t.teardown_and_check().await,
+        Remains {
+            oom_killed: true,
+            reason: None
+        }
+    );
 }
 
 #[tokio::test]

@@ -337,6 +337,20 @@ impl Drop for TestServer {
                 .status();
             remove_cgroups(&id);
         }
+        // And no VM: QEMU runs under the keeper, not as the server's child.
+        for entry in std::fs::read_dir(data.join("vm"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let id = entry.file_name().to_string_lossy().to_string();
+            for pid in qemu_of(&id) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
         let mut mounts = mounts_under(&data);
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in mounts {
@@ -346,6 +360,24 @@ impl Drop for TestServer {
             eprintln!("---- hangar server log ----\n{}", self.log());
         }
     }
+}
+
+/// Pids of the QEMU processes running machine `machine_id` (the microvm runtime names each
+/// `hangar-<id>`).
+pub fn qemu_of(machine_id: &str) -> Vec<i32> {
+    let name = format!("hangar-{machine_id}");
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .map(|c| c.split(|b| *b == 0).any(|a| a == name.as_bytes()))
+                        .unwrap_or(false)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn runc_containers(data: &Path) -> Vec<String> {
@@ -460,6 +492,26 @@ fn leftovers(data: &Path, machine_id: &str) -> Vec<String> {
     }
     for p in processes_of(machine_id) {
         out.push(format!("process {p}"));
+    }
+    for p in qemu_of(machine_id) {
+        out.push(format!("QEMU process {p}"));
+    }
+    for root in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/pids",
+    ] {
+        let cg = Path::new(root).join("hangar-vm").join(machine_id);
+        if cg.exists() {
+            out.push(format!("cgroup {}", cg.display()));
+        }
+    }
+    if data.join("vm").join(machine_id).exists() {
+        out.push(format!(
+            "directory {}",
+            data.join("vm").join(machine_id).display()
+        ));
     }
     if data.join("sandbox").join(machine_id).exists() {
         out.push(format!(

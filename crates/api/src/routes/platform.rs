@@ -47,6 +47,11 @@ pub async fn regions(State(agent): State<Agent>) -> Json<RegionsResponse> {
     Json(agent.regions())
 }
 
+/// Hangar's extension: the host's runtimes (for microvm: the accelerator and why).
+pub async fn runtime(State(agent): State<Agent>) -> Json<serde_json::Value> {
+    Json(agent.runtime_status())
+}
+
 /// Fly's schema with Hangar's extensions merged in, each marked `x-hangar-extension`.
 pub async fn openapi() -> impl IntoResponse {
     (

@@ -77,6 +77,23 @@ impl World {
         out["stdout"].as_str().unwrap_or_default().to_string()
     }
 
+    /// Runs a shell snippet until it exits 0 (for at most a minute) and returns its stdout:
+    /// for what the main process does after the machine is reported started.
+    pub fn wait_sh(&self, id: &str, script: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.exec(id, &["sh", "-c", script]);
+            if out["exit_code"] == 0 {
+                return out["stdout"].as_str().unwrap_or_default().to_string();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{script} kept failing: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn stop(&self, id: &str, body: Value) {
         let r = self
             .server
