@@ -220,7 +220,7 @@ fn machines_survive_a_killed_server(runtime: &[&str]) {
         "echo $$ > /tmp/pid; while true; do sleep 1; done",
         json!({ "restart": { "policy": "no" } }),
     );
-    let before = w.sh(&id, "cat /tmp/pid");
+    let before = w.wait_sh(&id, "cat /tmp/pid");
     w.server.kill();
     w.server.restart();
     assert_eq!(w.machine(&id)["state"], "started");

@@ -32,6 +32,30 @@ pub fn in_initramfs() -> bool {
     std::process::id() == 1 && Path::new(MODULES).exists()
 }
 
+/// Processes other than init and the kernel's own threads (`PF_KTHREAD` in /proc/PID/stat).
+pub fn user_processes_left() -> usize {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != 1)
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // Fields after the command name (in parentheses): state is the 3rd, flags the 9th.
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let zombie = fields.first() == Some(&"Z");
+            let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+            !zombie && flags & PF_KTHREAD == 0
+        })
+        .count()
+}
+
 /// Powers the VM off; the host sees QEMU exit.
 pub fn power_off() -> ! {
     nix::unistd::sync();

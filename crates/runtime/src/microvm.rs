@@ -49,6 +49,8 @@ use crate::{BootSpec, Guest, GuestError, Remains, Runtime, RuntimeError};
 const BOOT_DEADLINE: Duration = Duration::from_secs(90);
 const ATTACH_DEADLINE: Duration = Duration::from_secs(10);
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long a VM gets to power off when torn down before QEMU is killed.
+const POWER_OFF_WAIT: Duration = Duration::from_secs(3);
 const SOCKET_PATH_MAX: usize = 107;
 /// The default root file system limit (Fly's `rootfs.size_gb`).
 pub const DEFAULT_ROOTFS_GB: u32 = 8;
@@ -703,6 +705,24 @@ impl Microvm {
         Ok(guest)
     }
 
+    /// Asks init to end the machine and power the VM off, for a short while; a VM that does
+    /// not (hung, or its control channel still held elsewhere) is killed by the caller.
+    async fn power_off(&self, paths: &Paths, id: &str, pid: i32) {
+        let ask = async {
+            let stream = UnixStream::connect(&paths.ctl).await.ok()?;
+            let guest = Guest::connect(stream).await.ok()?;
+            guest.shutdown().await.ok()
+        };
+        if tokio::time::timeout(POWER_OFF_WAIT, ask).await.is_err() {
+            debug!(machine = id, "no answer to shutdown; killing QEMU");
+            return;
+        }
+        let deadline = Instant::now() + POWER_OFF_WAIT;
+        while Self::qemu_alive(pid, id) && Instant::now() < deadline {
+            sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Kills QEMU if it runs and waits until it is gone.
     async fn kill_qemu(&self, id: &str, pid: i32) {
         if !Self::qemu_alive(pid, id) {
@@ -831,6 +851,7 @@ impl Runtime for Microvm {
                 remains.reason = Some(format!("the guest kernel panicked: {panic}"));
             }
             if Self::qemu_alive(rec.pid, machine_id) {
+                self.power_off(&paths, machine_id, rec.pid).await;
                 self.kill_qemu(machine_id, rec.pid).await;
             } else if remains.reason.is_none() {
                 // The waiter records how QEMU ended moments after it does.

@@ -301,6 +301,9 @@ async fn a_microvm_is_a_real_vm_with_its_own_kernel() {
         "a VM torn down while running needs no reason"
     );
     h.assert_gone(&id);
+    // Torn down gracefully: init ended the machine and the guest kernel powered the VM off.
+    let log = std::fs::read_to_string(h.log_path(&id)).unwrap();
+    assert!(log.contains("reboot: Power down"), "{log}");
 
     // The next boot starts from the image again (the blank slate), and the shared image disk
     // was built once.
