@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Top {
     /// Run the Hangar server: the Machines API, the host agent and the runtime
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     #[command(flatten)]
     Client(hangar_cli::Command),
     /// Print a shell completion script: `hangar completion bash > /etc/bash_completion.d/hangar`
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Top::Server(args) => match runtime.block_on(server::run(args)) {
+        Top::Server(args) => match runtime.block_on(server::run(*args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("Error: {e:#}");
