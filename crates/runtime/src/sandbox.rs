@@ -381,6 +381,7 @@ impl Sandbox {
     /// Everything of a boot up to a connected guest; the caller tears down on error.
     async fn start(&self, spec: &BootSpec, paths: &Paths) -> Result<Guest, String> {
         let id = spec.machine_id.as_str();
+        let t0 = std::time::Instant::now();
         for dir in [
             &paths.bundle,
             &paths.rootfs,
@@ -442,7 +443,9 @@ impl Sandbox {
             paths.pid_file.display().to_string(),
             id.to_string(),
         ]);
+        let prepared = t0.elapsed();
         let (runc_pid, runc_done) = self.spawn_runc(argv, &spec.log_path).await?;
+        let spawned = t0.elapsed();
         tokio::pin!(runc_done);
 
         // runc exits right after init starts; init opens its socket moments later. Try the
@@ -461,6 +464,7 @@ impl Sandbox {
                 }
             }
         };
+        let runc_exited = t0.elapsed();
         let success = status.map_err(|e| format!("waiting for runc: {e}"))?;
         if !success {
             let error = runc_error(&paths.runc_log, b"");
@@ -492,6 +496,14 @@ impl Sandbox {
                 )
             })?
             .map_err(|e| format!("hangar-init: {e}"))?;
+        debug!(
+            machine = id,
+            ?prepared,
+            ?spawned,
+            ?runc_exited,
+            running = ?t0.elapsed(),
+            "boot phases"
+        );
         Ok(guest)
     }
 
