@@ -34,6 +34,13 @@ fn main() -> anyhow::Result<()> {
     let warm = server.create_machine(APP, json!({ "config": config }));
     let warm_id = warm["id"].as_str().context("id")?.to_string();
     server.wait_state(APP, &warm_id, "started");
+    // Hangar's own runtime spec, to run bare runc with the same hardening as a machine has.
+    let spec_path = server
+        .data_dir()
+        .join(format!("sandbox/{warm_id}/bundle/config.json"));
+    let hangar_spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&spec_path).with_context(|| format!("reading {}", spec_path.display()))?,
+    )?;
     server.delete(&format!("/v1/apps/{APP}/machines/{warm_id}?force=true"));
 
     let baseline = RuncBaseline::prepare(&image)?;
@@ -42,13 +49,15 @@ fn main() -> anyhow::Result<()> {
     let mut stop = Samples::new("stop → stopped");
     let mut start = Samples::new("stopped → started");
     let mut runc = Samples::new("baseline: runc run --detach");
+    let mut runc_hardened = Samples::new("runc run, Hangar's runtime spec");
 
     let m = server.create_machine(APP, json!({ "config": config }));
     let id = m["id"].as_str().context("id")?.to_string();
     server.wait_state(APP, &id, "started");
 
     for i in 0..runs {
-        runc.push(baseline.run_once(i)?);
+        runc.push(baseline.run_once(i, None)?);
+        runc_hardened.push(baseline.run_once(i, Some(&hangar_spec))?);
 
         let created = create.time(|| {
             let m = server.create_machine(APP, json!({ "config": config }));
@@ -71,7 +80,7 @@ fn main() -> anyhow::Result<()> {
 
     report(
         &format!("bench/lifecycle: {runs} runs each, sandbox runtime (runc)"),
-        &[&create, &stop, &start],
+        &[&create, &stop, &start, &runc_hardened],
         &runc,
     );
     let ratio = start.median().as_secs_f64() / runc.median().as_secs_f64();
@@ -79,6 +88,11 @@ fn main() -> anyhow::Result<()> {
         "\nstopped → started median {} vs runc run {}: {ratio:.2}x (target: at most 1.5x)",
         ms(start.median()),
         ms(runc.median())
+    );
+    let own = start.median().as_secs_f64() / runc_hardened.median().as_secs_f64();
+    println!(
+        "stopped → started vs runc run with Hangar's runtime spec {}: {own:.2}x (what Hangar adds over runc)",
+        ms(runc_hardened.median())
     );
     Ok(())
 }
@@ -103,8 +117,15 @@ impl RuncBaseline {
         })
     }
 
-    fn run_once(&self, i: usize) -> anyhow::Result<std::time::Duration> {
-        let base = self.dir.path().join(format!("run{i}"));
+    /// One `runc run` with the minimal config, or with `template` (a machine's runtime spec)
+    /// pointed at a fresh overlay and running sleep instead of hangar-init.
+    fn run_once(
+        &self,
+        i: usize,
+        template: Option<&serde_json::Value>,
+    ) -> anyhow::Result<std::time::Duration> {
+        let variant = if template.is_some() { "h" } else { "m" };
+        let base = self.dir.path().join(format!("run{i}{variant}"));
         let (upper, work, rootfs, bundle) = (
             base.join("upper"),
             base.join("work"),
@@ -134,8 +155,30 @@ impl RuncBaseline {
             Some(opts.as_str()),
         )
         .context("mounting the baseline's overlay")?;
-        let id = format!("bench-baseline-{i}");
-        write_config(&bundle, &rootfs, &id)?;
+        let id = format!("bench-baseline-{i}{variant}");
+        match template {
+            None => write_config(&bundle, &rootfs, &id)?,
+            Some(t) => {
+                let mut config = t.clone();
+                config["root"]["path"] = json!(rootfs);
+                config["process"]["args"] = json!(["/bin/sleep", "100000"]);
+                config["hostname"] = json!("baseline");
+                config["linux"]["cgroupsPath"] = json!(format!("/hangar-bench/{id}"));
+                if let Some(mounts) = config["mounts"].as_array_mut() {
+                    // Hangar's binds of init and its files: nothing to bind here.
+                    mounts.retain(|m| {
+                        !m["destination"]
+                            .as_str()
+                            .unwrap_or("")
+                            .starts_with("/.hangar")
+                    });
+                }
+                std::fs::write(
+                    bundle.join("config.json"),
+                    serde_json::to_vec_pretty(&config)?,
+                )?;
+            }
+        }
         let runc_root = self.dir.path().join("runc");
         let mut samples = Samples::new("runc");
         let status = samples.time(|| {
