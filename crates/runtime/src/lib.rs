@@ -140,3 +140,14 @@ pub trait Runtime: Send + Sync + 'static {
         )))
     }
 }
+
+/// Machine ids name directories, cgroups and QEMU processes: 1 to 64 letters, digits, `-`,
+/// `_` or `.`, starting with a letter or digit.
+pub(crate) fn is_valid_machine_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}

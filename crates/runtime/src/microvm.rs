@@ -137,13 +137,7 @@ struct Paths {
 }
 
 fn validate_id(id: &str) -> Result<(), RuntimeError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id.as_bytes()[0].is_ascii_alphanumeric()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
+    if crate::is_valid_machine_id(id) {
         Ok(())
     } else {
         Err(RuntimeError::Boot(format!(

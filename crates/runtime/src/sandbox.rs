@@ -115,14 +115,7 @@ struct Paths {
 
 /// Machine ids become directory names, cgroup names and runc container ids.
 fn validate_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id.as_bytes()[0].is_ascii_alphanumeric()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        && id != RUNC_DIR;
-    if ok {
+    if crate::is_valid_machine_id(id) && id != RUNC_DIR {
         Ok(())
     } else {
         Err(format!(
