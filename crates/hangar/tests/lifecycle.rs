@@ -33,7 +33,7 @@ fn stop_escalates_to_sigkill_after_the_timeout(runtime: &[&str]) {
         json!({ "restart": { "policy": "no" } }),
     );
     // The trap is set before the stop (a VM's shell may still be starting when it is started).
-    w.wait_sh(&id, "cat /tmp/ready");
+    w.wait_sh(&id, "test -e /tmp/ready && echo ready");
     let began = Instant::now();
     w.stop(&id, json!({ "signal": "SIGINT", "timeout": "2s" }));
     w.server.wait_state(APP, &id, "stopped");
@@ -56,7 +56,7 @@ fn graceful_stop_uses_the_signal(runtime: &[&str]) {
         "trap 'echo bye; exit 3' TERM; touch /tmp/ready; while true; do sleep 0.1; done",
         json!({}),
     );
-    w.wait_sh(&id, "cat /tmp/ready");
+    w.wait_sh(&id, "test -e /tmp/ready && echo ready");
     w.stop(&id, json!({ "signal": "SIGTERM", "timeout": "10s" }));
     w.server.wait_state(APP, &id, "stopped");
     let exit = &w.exits(&id)[0]["request"]["exit_event"];

@@ -77,14 +77,17 @@ impl World {
         out["stdout"].as_str().unwrap_or_default().to_string()
     }
 
-    /// Runs a shell snippet until it exits 0 (for at most a minute) and returns its stdout:
+    /// Runs a shell snippet until it exits 0 with some output (for at most a minute) and
+    /// returns that output:
     /// for what the main process does after the machine is reported started.
     pub fn wait_sh(&self, id: &str, script: &str) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             let out = self.exec(id, &["sh", "-c", script]);
-            if out["exit_code"] == 0 {
-                return out["stdout"].as_str().unwrap_or_default().to_string();
+            let stdout = out["stdout"].as_str().unwrap_or_default();
+            // A file being written can be read while still empty: wait for its content too.
+            if out["exit_code"] == 0 && !stdout.is_empty() {
+                return stdout.to_string();
             }
             assert!(
                 std::time::Instant::now() < deadline,
