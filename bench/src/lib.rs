@@ -100,6 +100,11 @@ pub struct Bench {
 
 impl Bench {
     pub fn start(app: &str) -> anyhow::Result<Bench> {
+        Bench::start_with(app, &[])
+    }
+
+    /// As [`Bench::start`], with extra `hangar server` arguments.
+    pub fn start_with(app: &str, server_args: &[&str]) -> anyhow::Result<Bench> {
         use anyhow::Context;
         let root = hangar_testkit::init::workspace_root();
         let bin = root.join("target/release/hangar");
@@ -109,7 +114,10 @@ impl Bench {
         let registry = hangar_testkit::registry::Registry::start();
         hangar_testkit::image::ImageBuilder::busybox().push(&registry, "bench:1");
         let image = format!("{}/bench:1", registry.host());
-        let server = hangar_testkit::server::TestServer::start(bin.to_str().context("utf-8 path")?);
+        let server = hangar_testkit::server::TestServer::start_with(
+            bin.to_str().context("utf-8 path")?,
+            server_args,
+        );
         server.create_app(app);
         Ok(Bench {
             registry,

@@ -16,40 +16,29 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use hangar_bench::{ms, report, Samples};
+use hangar_bench::{ms, report, Bench, Samples};
 use hangar_image::{ImageStore, StoreOptions};
 use hangar_proto::{LaunchSpec, ProcessSpec};
 use hangar_runtime::{Accel, BootSpec, Microvm, MicrovmConfig, Resources, Runtime};
-use hangar_testkit::image::ImageBuilder;
-use hangar_testkit::registry::Registry;
-use hangar_testkit::server::{qemu_of, TestServer};
+use hangar_testkit::server::qemu_of;
 use serde_json::json;
 
 const APP: &str = "bench";
 const KERNEL_DIR: &str = "/var/lib/hangar/kernel";
 
 fn main() -> anyhow::Result<()> {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(10);
+    let runs = hangar_bench::runs_arg(10)?;
     let accel = std::env::var("HANGAR_ACCEL").unwrap_or_else(|_| "auto".into());
-    let root = hangar_testkit::init::workspace_root();
-    let bin = root.join("target/release/hangar");
-    let init = root.join("target/release/hangar-init");
-    if !bin.is_file() || !init.is_file() {
-        bail!("{} is missing: run `make build` first", bin.display());
+    let init = hangar_testkit::init::workspace_root().join("target/release/hangar-init");
+    if !init.is_file() {
+        bail!("{} is missing: run `make build` first", init.display());
     }
-
-    let registry = Registry::start();
-    ImageBuilder::busybox().push(&registry, "bench:1");
-    let image = format!("{}/bench:1", registry.host());
-    let server = TestServer::start_with(
-        bin.to_str().context("utf-8 path")?,
-        &["--runtime", "microvm", "--accel", &accel],
-    );
-    server.create_app(APP);
+    let Bench {
+        registry: _registry,
+        server,
+        image,
+        ..
+    } = Bench::start_with(APP, &["--runtime", "microvm", "--accel", &accel])?;
     let status = server.get("/v1/platform/runtime").body;
     let chosen = status["accel"].as_str().unwrap_or("?").to_string();
     let reason = status["accel_reason"].as_str().unwrap_or("").to_string();

@@ -208,19 +208,6 @@ impl Inner {
     }
 }
 
-/// The host's RAM in MB, from /proc/meminfo.
-fn host_memory_mb() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map(|kb| kb / 1024)
-        .unwrap_or(u64::MAX / 2)
-}
-
 impl Agent {
     /// Opens the agent: cleans up what no machine owns, then starts an actor per machine,
     /// each of which re-attaches to its machine or finishes its interrupted flow.
@@ -241,7 +228,9 @@ impl Agent {
             changes,
             sealer,
             checks: Mutex::new(HashMap::new()),
-            memory_capacity_mb: config.memory_capacity_mb.unwrap_or_else(host_memory_mb),
+            memory_capacity_mb: config
+                .memory_capacity_mb
+                .unwrap_or_else(hangar_runtime::host_memory_mb),
         });
 
         let live = inner.store.live_machines()?;

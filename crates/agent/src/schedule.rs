@@ -34,7 +34,7 @@ pub(crate) async fn run(inner: Arc<Inner>, hour: Duration) {
     let mut ticker = tokio::time::interval(TICK.min(hour / 4).max(Duration::from_millis(50)));
     loop {
         ticker.tick().await;
-        let machines = match inner.store.live_machines() {
+        let machines = match inner.store.scheduled_machines() {
             Ok(m) => m,
             Err(e) => {
                 warn!(error = %e, "scheduler could not list machines");

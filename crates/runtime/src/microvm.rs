@@ -150,19 +150,6 @@ fn unavailable(msg: impl Into<String>) -> RuntimeError {
     RuntimeError::Unavailable(msg.into())
 }
 
-/// MemTotal of the host, in MB.
-fn host_memory_mb() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map(|kb| kb / 1024)
-        .unwrap_or(u64::MAX)
-}
-
 /// The host's TSC frequency in kHz, which a TCG guest's TSC runs at (QEMU reads the host's
 /// counter). The guest cannot measure it without a reference timer, and hangs without it.
 fn host_tsc_khz() -> u64 {
@@ -288,7 +275,7 @@ impl Microvm {
             accel,
             cgroups: Cgroups::detect(),
             keeper,
-            host_memory_mb: host_memory_mb(),
+            host_memory_mb: crate::host_memory_mb(),
             building: tokio::sync::Mutex::new(()),
             ended: Arc::default(),
         })

@@ -416,6 +416,19 @@ impl Store {
         })
     }
 
+    /// Live machines with a `config.schedule`, for the scheduler's once-a-second look.
+    pub fn scheduled_machines(&self) -> Result<Vec<MachineRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {MACHINE_COLUMNS} FROM machines
+                 WHERE state != 'destroyed' AND json_extract(config, '$.schedule') IS NOT NULL"
+            ))?;
+            let rows = stmt.query_map([], raw_machine)?;
+            rows.map(|r| r.map_err(StoreError::from).and_then(RawMachine::decode))
+                .collect()
+        })
+    }
+
     /// Applies one state change atomically; see [`Transition`].
     pub fn transition(&self, id: &str, t: Transition<'_>) -> Result<MachineRecord> {
         if !t.from.can_become(t.to) {
