@@ -4,7 +4,7 @@
 set -eu
 
 need=""
-pkgs="runc docker-registry busybox-static ca-certificates python3 python3-venv e2fsprogs qemu-system-x86"
+pkgs="runc docker-registry busybox-static ca-certificates python3 python3-venv e2fsprogs qemu-system-x86 iproute2 nftables iperf3"
 # The benchmarks' baselines: skopeo + umoci for image pulls.
 if [ "${HANGAR_BENCH_DEPS:-}" = 1 ]; then
     pkgs="$pkgs skopeo umoci"

@@ -128,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         log_path: floor_dir.path().join("idle.log"),
         runtime: None,
         rootfs_size_gb: None,
+        netns: None,
     };
     let guest = rt.block_on(vm.boot(&spec))?;
     std::thread::sleep(Duration::from_secs(2));

@@ -30,6 +30,7 @@ mod leases;
 mod logs;
 mod machine;
 mod metadata;
+mod network;
 mod operations;
 mod org;
 mod schedule;
@@ -40,6 +41,7 @@ pub use hangar_proto::Stream as OutputStream;
 pub use hangar_runtime::{ExecSession, SessionEvent};
 pub use logs::LogLine;
 pub use metadata::MetadataChange;
+pub use network::{EgressIp, PrivateNetwork};
 pub use operations::PsSort;
 pub use org::OrgQuery;
 
@@ -63,6 +65,8 @@ pub struct AgentConfig {
     pub memory_capacity_mb: Option<u64>,
     /// The length of an hour for `config.schedule` (shorter only in tests).
     pub schedule_hour: Duration,
+    /// The private network, when the server runs one.
+    pub network: Option<Arc<dyn PrivateNetwork>>,
 }
 
 /// A wait request: states to wait for and the conditions on them.
@@ -118,6 +122,7 @@ pub(crate) struct Inner {
     /// Latest health-check results of started machines, by machine id then check name.
     checks: Mutex<HashMap<String, BTreeMap<String, CheckStatus>>>,
     memory_capacity_mb: u64,
+    pub(crate) network: Option<Arc<dyn PrivateNetwork>>,
 }
 
 impl Inner {
@@ -231,6 +236,7 @@ impl Agent {
             memory_capacity_mb: config
                 .memory_capacity_mb
                 .unwrap_or_else(hangar_runtime::host_memory_mb),
+            network: config.network,
         });
 
         let live = inner.store.live_machines()?;
@@ -501,7 +507,7 @@ impl Agent {
         let rec = self.machine_record(app, id)?;
         let events = self.inner.store.events(id, INLINE_EVENTS)?;
         let checks = self.inner.checks_of(id);
-        Ok(to_api(rec, events, checks))
+        Ok(self.with_private_ip(to_api(rec, events, checks)))
     }
 
     pub fn list_machines(
@@ -528,7 +534,7 @@ impl Agent {
                     self.inner.checks_of(&rec.id),
                 )
             };
-            out.push(to_api(rec, events, checks));
+            out.push(self.with_private_ip(to_api(rec, events, checks)));
         }
         Ok(out)
     }
@@ -567,6 +573,13 @@ impl Agent {
     }
 
     /// Destroys a machine; a running one only with `force`.
+    fn with_private_ip(&self, mut m: Machine) -> Machine {
+        if m.state != MachineState::Destroyed {
+            m.private_ip = self.private_ip(&m.id);
+        }
+        m
+    }
+
     pub async fn destroy_machine(
         &self,
         app: &str,

@@ -678,6 +678,7 @@ impl MachineActor {
                 .and_then(|r| r.get("size_gb"))
                 .and_then(|v| v.as_u64())
                 .and_then(|v| u32::try_from(v).ok()),
+            netns: None,
         };
         self.inner
             .runtime
@@ -833,6 +834,9 @@ impl MachineActor {
         let _ = std::fs::remove_file(self.inner.log_path(&self.id));
         let event = events::event("destroy", Destroyed, Source::Host);
         self.transition(Destroying, Destroyed, &[event], FlowChange::Clear, None)?;
+        if let Some(network) = &self.inner.network {
+            network.forget(&self.id);
+        }
         info!("destroyed");
         Ok(())
     }

@@ -56,6 +56,14 @@ pub fn router(agent: Agent, token: String) -> Router {
         )
         .route("/apps/{app}/logs", get(routes::sessions::logs))
         .route(
+            "/apps/{app}/machines/{id}/egress_ips",
+            get(routes::egress::list).post(routes::egress::allocate),
+        )
+        .route(
+            "/apps/{app}/machines/{id}/egress_ips/{ip}",
+            axum::routing::delete(routes::egress::release),
+        )
+        .route(
             "/apps/{app}/machines/{id}/lease",
             get(m::show_lease)
                 .post(m::create_lease)

@@ -104,6 +104,22 @@ pub struct ServerArgs {
         value_name = "AUTH"
     )]
     registry_auth: Option<String>,
+    /// Give every machine a private IPv6 on its organisation's network (a bridge, a veth pair
+    /// per machine, nftables rules in Hangar's own tables, outbound NAT)
+    #[arg(long, env = "HANGAR_PRIVATE_NETWORK")]
+    private_network: bool,
+    /// The per-host bridge of the private network
+    #[arg(long, default_value = "hangar0", value_name = "NAME")]
+    bridge: String,
+    /// The machines' private IPv4 subnet (outbound NAT only)
+    #[arg(long, default_value = "172.19.0.0/16", value_name = "CIDR")]
+    machine_ipv4_subnet: ipnet::Ipv4Net,
+    /// Addresses handed out as static egress IPs (IPv4 or IPv6; may repeat)
+    #[arg(long = "egress-ip-pool", value_name = "CIDR")]
+    egress_ip_pools: Vec<ipnet::IpNet>,
+    /// A TCP port of the host that machines may reach (may repeat; nothing else is reachable)
+    #[arg(long = "allow-host-port", value_name = "PORT")]
+    allow_host_ports: Vec<u16>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -207,12 +223,35 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     } else {
         Arc::new(Runtimes::new(default, runtimes))
     };
+    let (runtime, network) = if args.private_network {
+        let net = hangar_net::Network::open(
+            hangar_net::NetConfig {
+                data_dir: data_dir.clone(),
+                bridge: args.bridge.clone(),
+                ipv4_subnet: args.machine_ipv4_subnet,
+                egress_pools: args.egress_ip_pools.clone(),
+                allow_host_ports: args.allow_host_ports.clone(),
+            },
+            store.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot set up the private network: {e}"))?;
+        let net = Arc::new(net);
+        let wrapped: Arc<dyn hangar_runtime::Runtime> =
+            Arc::new(hangar_net::Networked::new(runtime, net.clone()));
+        (wrapped, Some(net as Arc<dyn hangar_agent::PrivateNetwork>))
+    } else {
+        if !args.egress_ip_pools.is_empty() {
+            bail!("--egress-ip-pool needs --private-network");
+        }
+        (runtime, None)
+    };
     let agent = Agent::open(AgentConfig {
         data_dir: data_dir.clone(),
         region: args.region.clone(),
         store,
         images,
         runtime,
+        network,
         memory_capacity_mb: args.memory_capacity_mb,
         schedule_hour: std::time::Duration::from_millis(args.schedule_hour_ms.max(100)),
     })

@@ -119,6 +119,7 @@ async fn main() {
         log_path: dir.path().join("machine.log"),
         runtime: None,
         rootfs_size_gb: None,
+        netns: None,
     };
 
     // The bare variants run the sandbox's own config.json on an overlay of the same layer,

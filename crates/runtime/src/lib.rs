@@ -41,6 +41,8 @@ pub struct BootSpec {
     /// The root file system's size limit in GB (`config.rootfs.size_gb`); `None`: the
     /// runtime's default. Only the microvm runtime has a disk to size.
     pub rootfs_size_gb: Option<u32>,
+    /// A prepared network namespace to join (the private network's); `None`: a new, empty one.
+    pub netns: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -404,8 +404,14 @@ impl Sandbox {
             launch: &paths.launch,
             ctl: &paths.ctl,
         };
-        let config = bundle::spec(hostname, id, &bundle_paths, spec.resources)
-            .map_err(|e| format!("building the runtime spec: {e}"))?;
+        let config = bundle::spec(
+            hostname,
+            id,
+            &bundle_paths,
+            spec.resources,
+            spec.netns.as_deref(),
+        )
+        .map_err(|e| format!("building the runtime spec: {e}"))?;
         let config_json =
             serde_json::to_vec(&config).map_err(|e| format!("encoding the runtime spec: {e}"))?;
         std::fs::write(&paths.config, config_json)

@@ -141,6 +141,7 @@ impl Harness {
             log_path: self.log_path(id),
             runtime: None,
             rootfs_size_gb: None,
+            netns: None,
         }
     }
 

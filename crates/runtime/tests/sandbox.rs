@@ -169,6 +169,7 @@ impl Harness {
             log_path: self.log_path(),
             runtime: None,
             rootfs_size_gb: None,
+            netns: None,
         }
     }
 

@@ -1,4 +1,5 @@
 pub mod apps;
+pub mod egress;
 pub mod images;
 pub mod machines;
 pub mod platform;

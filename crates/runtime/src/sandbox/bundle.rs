@@ -77,6 +77,7 @@ pub fn spec(
     machine_id: &str,
     paths: &BundlePaths<'_>,
     res: Resources,
+    netns: Option<&Path>,
 ) -> Result<Spec, oci_spec::OciSpecError> {
     let caps = default_capabilities();
     // The container cannot raise its hard limit (no CAP_SYS_RESOURCE), so it gets the
@@ -156,7 +157,12 @@ pub fn spec(
         LinuxNamespaceType::Network,
     ]
     .into_iter()
-    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+    .map(|typ| match (typ, netns) {
+        (LinuxNamespaceType::Network, Some(path)) => {
+            LinuxNamespaceBuilder::default().typ(typ).path(path).build()
+        }
+        _ => LinuxNamespaceBuilder::default().typ(typ).build(),
+    })
     .collect::<Result<Vec<_>, _>>()?;
 
     let memory = i64::from(res.memory_mb) * 1024 * 1024;
@@ -225,6 +231,7 @@ mod tests {
                 cpus: 2,
                 memory_mb: 256,
             },
+            None,
         )
         .unwrap();
         let json = serde_json::to_value(&spec).unwrap();
