@@ -2,6 +2,8 @@
 //! image the test built itself, and a real `hangar server`.
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::time::Duration;
 
 use hangar_testkit::image::ImageBuilder;

@@ -1,0 +1,125 @@
+//! A world of network namespaces for the network tests, which never touches the real host's
+//! networking: the test process moves into its own "host" namespace (where the registry and
+//! `hangar server` run) joined by a veth pair to an "internet" namespace, where a TCP server
+//! answers every connection with the source address it saw.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use super::{World, APP};
+
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub struct Internet {
+    pub ns: String,
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// Moves this thread (and every process and thread it starts from now on) into a new network
+/// namespace, and builds the "internet" beside it.
+pub fn build_world() -> Internet {
+    // SAFETY: unshare only changes this thread's namespaces; it takes no pointers.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+    let ns = format!("hgtest-inet-{}", std::process::id());
+    let inet = Internet { ns: ns.clone() };
+    sh(&format!(
+        "ip link set lo up && ip netns add {ns} && \
+         ip link add up0 type veth peer name wan0 netns {ns} && \
+         ip addr add 203.0.113.1/24 dev up0 && ip link set up0 up && \
+         ip route add default via 203.0.113.2 && \
+         ip -n {ns} link set lo up && ip -n {ns} addr add 203.0.113.2/24 dev wan0 && \
+         ip -n {ns} link set wan0 up && ip -n {ns} route add 198.51.100.0/24 via 203.0.113.1"
+    ));
+    let path = format!("/run/netns/{ns}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("internet netns");
+        // SAFETY: setns on a namespace fd we hold open; it changes only this thread.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let l = TcpListener::bind("203.0.113.2:8000").expect("echo server");
+        tx.send(()).unwrap();
+        for mut c in l.incoming().flatten() {
+            let peer = c
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let mut buf = [0u8; 2048];
+            let _ = c.read(&mut buf);
+            let _ = write!(
+                c,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{peer}",
+                peer.len()
+            );
+        }
+    });
+    rx.recv().unwrap();
+    inet
+}
+
+/// What the host's networking looks like: interface names, addresses (not link-local ones,
+/// which the kernel adds by itself) and Hangar's rules.
+pub fn snapshot() -> (String, String, String) {
+    let links = sh("ip -o link show | awk '{print $2}' | sort");
+    let addrs = sh("ip -o addr show | awk '$4 !~ /^fe80/ {print $2, $4}' | sort");
+    (links, addrs, sh("nft list ruleset"))
+}
+
+pub fn exec(w: &World, app: &str, id: &str, script: &str) -> Value {
+    let r = w.server.post(
+        &format!("/v1/apps/{app}/machines/{id}/exec"),
+        json!({ "command": ["sh", "-c", script], "timeout": 20 }),
+    );
+    assert_eq!(r.status, 200, "exec {script}: {r:?}");
+    r.body
+}
+
+pub fn stdout(v: &Value) -> String {
+    v["stdout"].as_str().unwrap_or_default().trim().to_string()
+}
+
+/// An HTTP GET from inside a machine with busybox `nc` (Debian's static busybox `wget` crashes in
+/// a root file system without glibc's NSS modules). Returns the exec result; `stdout` holds the
+/// response, headers included.
+pub fn fetch(w: &World, app: &str, id: &str, host: &str, port: u16, path: &str) -> Value {
+    exec(
+        w,
+        app,
+        id,
+        &format!(
+            "r=$(printf 'GET {path} HTTP/1.0\r\n\r\n' | nc -w 5 {host} {port}) && [ -n \"$r\" ] && echo \"$r\""
+        ),
+    )
+}
+
+/// What the internet's echo server sees as the machine's source address.
+pub fn seen_from(w: &World, id: &str) -> String {
+    let out = fetch(w, APP, id, "203.0.113.2", 8000, "/");
+    assert_eq!(out["exit_code"], 0, "{out}");
+    stdout(&out).lines().last().unwrap_or_default().to_string()
+}
+
+pub fn private_ip(w: &World, app: &str, id: &str) -> String {
+    let m = w.server.get(&format!("/v1/apps/{app}/machines/{id}")).body;
+    let ip = m["private_ip"].as_str().unwrap_or_default().to_string();
+    assert!(ip.starts_with("fdaa:"), "private_ip {ip:?}");
+    ip
+}
