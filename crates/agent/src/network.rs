@@ -16,6 +16,8 @@ pub struct EgressIp {
 }
 
 pub trait PrivateNetwork: Send + Sync + 'static {
+    /// Refuses a config the network cannot honour (a resolver the operator does not allow).
+    fn check_config(&self, config: &hangar_types::MachineConfig) -> Result<(), AgentError>;
     /// The machine's private IPv6 address, allocated on first use and kept until `forget`.
     fn private_ip(&self, machine_id: &str) -> Option<String>;
     /// Releases everything the machine holds on the network (its destroy).
@@ -26,6 +28,17 @@ pub trait PrivateNetwork: Send + Sync + 'static {
 }
 
 impl Agent {
+    /// What the private network has to say about a config, before anything is recorded.
+    pub(crate) fn check_network_config(
+        &self,
+        config: &hangar_types::MachineConfig,
+    ) -> Result<(), AgentError> {
+        match &self.inner.network {
+            Some(net) => net.check_config(config),
+            None => Ok(()),
+        }
+    }
+
     fn network(&self) -> Result<&dyn PrivateNetwork, AgentError> {
         self.inner.network.as_deref().ok_or_else(|| {
             AgentError::FailedPrecondition(

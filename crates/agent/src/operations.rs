@@ -62,6 +62,7 @@ impl Agent {
         config
             .validate()
             .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
+        self.check_network_config(&config)?;
         if let Some(region) = req.region.as_deref().filter(|r| !r.is_empty()) {
             if region != rec.region {
                 return Err(AgentError::InvalidArgument(format!(

@@ -120,6 +120,28 @@ pub struct ServerArgs {
     /// A TCP port of the host that machines may reach (may repeat; nothing else is reachable)
     #[arg(long = "allow-host-port", value_name = "PORT")]
     allow_host_ports: Vec<u16>,
+    /// Where the private network's DNS (fdaa::3) forwards names outside .internal
+    /// (ADDR or ADDR:PORT; may repeat) [default: the host's /etc/resolv.conf]
+    #[arg(long = "dns-upstream", value_name = "ADDR", value_parser = parse_dns_upstream)]
+    dns_upstreams: Vec<std::net::SocketAddr>,
+    /// A resolver (IP or CIDR) machine configs may name in dns.nameservers besides fdaa::3
+    /// (may repeat)
+    #[arg(long = "allow-dns-server", value_name = "CIDR", value_parser = parse_net)]
+    allow_dns_servers: Vec<ipnet::IpNet>,
+}
+
+/// `ADDR` (port 53) or `ADDR:PORT`, IPv6 in brackets with a port.
+fn parse_dns_upstream(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse::<std::net::SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+        .map_err(|_| format!("{s:?} is not an address (ADDR or ADDR:PORT)"))
+}
+
+/// A CIDR, or a single address as its /32 or /128.
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR"))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -231,11 +253,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 ipv4_subnet: args.machine_ipv4_subnet,
                 egress_pools: args.egress_ip_pools.clone(),
                 allow_host_ports: args.allow_host_ports.clone(),
+                region: args.region.clone(),
+                dns_upstreams: if args.dns_upstreams.is_empty() {
+                    hangar_net::host_resolvers()
+                } else {
+                    args.dns_upstreams.clone()
+                },
+                allow_dns_servers: args.allow_dns_servers.clone(),
             },
             store.clone(),
         )
         .map_err(|e| anyhow::anyhow!("cannot set up the private network: {e}"))?;
         let net = Arc::new(net);
+        net.serve_dns()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the private network's DNS: {e}"))?;
         let wrapped: Arc<dyn hangar_runtime::Runtime> =
             Arc::new(hangar_net::Networked::new(runtime, net.clone()));
         (wrapped, Some(net as Arc<dyn hangar_agent::PrivateNetwork>))

@@ -14,8 +14,15 @@ use serde_json::json;
 #[test]
 fn private_network_nat_and_egress_ips() {
     let _internet = build_world();
-    let mut w =
-        World::with_server_args(&["--private-network", "--egress-ip-pool", "198.51.100.0/30"]);
+    let mut w = World::with_server_args(&[
+        "--private-network",
+        "--egress-ip-pool",
+        "198.51.100.0/30",
+        "--dns-upstream",
+        UPSTREAM_DNS,
+        "--allow-dns-server",
+        "203.0.113.2",
+    ]);
     let before = snapshot();
 
     let a1 = w.run("httpd -f -p 8080 -h /etc", json!({}));
@@ -63,6 +70,99 @@ fn private_network_nat_and_egress_ips() {
         out["exit_code"], 0,
         "another org reached the machine: {out}"
     );
+    // Internal DNS, answered for the asker's organisation only.
+    let mut both = vec![ip1.clone(), ip2.clone()];
+    both.sort();
+    let mut got = lookup(&w, APP, &a2, &format!("-type=AAAA {APP}.internal")).unwrap();
+    got.sort();
+    assert_eq!(got, both);
+    assert_eq!(
+        lookup(&w, APP, &a2, &format!("-type=AAAA {a1}.vm.{APP}.internal")).unwrap(),
+        vec![ip1.clone()]
+    );
+    assert_eq!(
+        lookup(&w, APP, &a2, &format!("-type=AAAA local.{APP}.internal"))
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        lookup(
+            &w,
+            APP,
+            &a2,
+            &format!("-type=AAAA top1.nearest.of.{APP}.internal")
+        )
+        .unwrap()
+        .len(),
+        1
+    );
+    assert_eq!(
+        lookup(&w, APP, &a2, &format!("-type=TXT regions.{APP}.internal")).unwrap(),
+        vec!["local".to_string()]
+    );
+    let vms = lookup(&w, APP, &a2, &format!("-type=TXT vms.{APP}.internal")).unwrap();
+    assert!(
+        vms.len() == 1 && vms[0].contains(&format!("{a1} local")),
+        "{vms:?}"
+    );
+    assert_eq!(
+        lookup(&w, APP, &a2, "-type=TXT _apps.internal").unwrap(),
+        vec![APP.to_string()]
+    );
+    assert_eq!(
+        lookup(&w, "other-app", &b, "-type=TXT _apps.internal").unwrap(),
+        vec!["other-app".to_string()]
+    );
+    let err = lookup(&w, "other-app", &b, &format!("-type=AAAA {APP}.internal")).unwrap_err();
+    assert!(err.contains("NXDOMAIN"), "{err}");
+    // Names outside .internal go to the host's resolvers (here the internet's).
+    assert_eq!(
+        lookup(&w, APP, &a2, &format!("-type=A {UPSTREAM_NAME}")).unwrap(),
+        vec![UPSTREAM_ADDR.to_string()]
+    );
+    // A machine reaches another by its app's name, and from the host by private IP.
+    let out = fetch(
+        &w,
+        APP,
+        &a2,
+        &format!("{a1}.vm.{APP}.internal"),
+        8080,
+        "/hosts",
+    );
+    assert_eq!(out["exit_code"], 0, "{out}");
+    assert!(stdout(&out).contains(&ip1), "{out}");
+
+    // A config naming a resolver the operator did not allow is refused, nothing made.
+    let count = |w: &World| {
+        w.server
+            .get(&format!("/v1/apps/{APP}/machines"))
+            .body
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before_count = count(&w);
+    let r = w.server.post(
+        &format!("/v1/apps/{APP}/machines"),
+        json!({ "config": { "image": w.image, "dns": { "nameservers": ["8.8.8.8"] } } }),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.error().contains("8.8.8.8 is not allowed"), "{r:?}");
+    assert_eq!(count(&w), before_count);
+    // An allowed one is what the machine's resolv.conf names.
+    let c = w.run(
+        "sleep 100000",
+        json!({ "dns": { "nameservers": ["203.0.113.2"], "searches": ["corp.test"] } }),
+    );
+    let conf = w.sh(&c, "cat /etc/resolv.conf");
+    assert_eq!(conf, "nameserver 203.0.113.2\nsearch corp.test\n");
+    assert_eq!(w.sh(&a2, "cat /etc/resolv.conf"), "nameserver fdaa::3\n");
+    let r = w
+        .server
+        .delete(&format!("/v1/apps/{APP}/machines/{c}?force=true"));
+    assert_eq!(r.status, 200, "{r:?}");
+
     // The host's own services are off limits.
     let host_service = TcpListener::bind("[::]:0").unwrap();
     let port = host_service.local_addr().unwrap().port();
@@ -121,6 +221,14 @@ fn private_network_nat_and_egress_ips() {
     let r = w.server.delete(&format!("{path2}/{e2}"));
     assert_eq!(r.status, 204, "{r:?}");
     assert_eq!(seen_from(&w, &a2), "203.0.113.1");
+
+    // A stopped machine leaves the app's DNS answers.
+    w.stop(&a1, json!({}));
+    w.server.wait_state(APP, &a1, "stopped");
+    assert_eq!(
+        lookup(&w, APP, &a2, &format!("-type=AAAA {APP}.internal")).unwrap(),
+        vec![ip2.clone()]
+    );
 
     // Destroy leaves nothing behind.
     for (app, id) in [(APP, &a1), (APP, &a2), ("other-app", &b)] {

@@ -56,6 +56,24 @@ pub fn attachments(c: &Connection) -> rusqlite::Result<Vec<Attachment>> {
     rows.collect()
 }
 
+pub fn org_of_ip6(c: &Connection, ip: std::net::Ipv6Addr) -> rusqlite::Result<Option<String>> {
+    c.query_row(
+        "SELECT org FROM attachments WHERE ip6 = ?1",
+        [ip.to_string()],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+pub fn org_of_ip4(c: &Connection, ip: Ipv4Addr) -> rusqlite::Result<Option<String>> {
+    c.query_row(
+        "SELECT org FROM attachments WHERE ip4 = ?1",
+        [ip.to_string()],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
 pub fn used_ip4(c: &Connection) -> rusqlite::Result<HashSet<Ipv4Addr>> {
     Ok(attachments(c)?.into_iter().map(|a| a.ip4).collect())
 }

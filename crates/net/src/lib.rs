@@ -10,21 +10,24 @@
 //! Isolation and NAT are nftables rules in tables Hangar owns (`bridge hangar` and
 //! `inet hangar`), rebuilt as a whole, atomically, from the recorded state whenever it changes.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use hangar_agent::{AgentError, EgressIp, PrivateNetwork};
 use hangar_store::Store;
+use hangar_types::{DnsConfig, MachineConfig};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
 mod cmd;
 mod db;
+mod dns;
 mod rules;
 mod runtime;
 
+pub use dns::{host_resolvers, DNS6};
 pub use runtime::Networked;
 
 /// The network all organisations' prefixes are carved from.
@@ -44,6 +47,12 @@ pub struct NetConfig {
     pub egress_pools: Vec<IpNet>,
     /// TCP ports of the host that machines may reach (nothing else of the host is reachable).
     pub allow_host_ports: Vec<u16>,
+    /// This host's region (`<region>.<app>.internal`, `nearest.of`).
+    pub region: String,
+    /// Where names outside `.internal` are forwarded (the host's resolvers by default).
+    pub dns_upstreams: Vec<SocketAddr>,
+    /// Resolvers other than `fdaa::3` that machine configs may name in `dns.nameservers`.
+    pub allow_dns_servers: Vec<IpNet>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +82,12 @@ pub fn org_prefix(org: &str) -> Ipv6Net {
         a = 1;
     }
     Ipv6Net::new(Ipv6Addr::new(0xfdaa, a, b, 0, 0, 0, 0, 0), 48).expect("48 is a valid length")
+}
+
+/// The organisations' prefixes all lie in `fdaa::/16` outside `fdaa:0:0::/48` (the host's).
+pub(crate) fn org_prefix_of(ip: Ipv6Addr) -> Option<()> {
+    let s = ip.segments();
+    (s[0] == 0xfdaa && (s[1], s[2]) != (0, 0)).then_some(())
 }
 
 /// A machine's address in its organisation's prefix: the interface id from a hash of the
@@ -189,6 +204,15 @@ impl Network {
             "0",
         ])?;
         cmd::ip(&["link", "set", br, "up"])?;
+        cmd::ip(&[
+            "-6",
+            "addr",
+            "replace",
+            &format!("{DNS6}/128"),
+            "dev",
+            br,
+            "nodad",
+        ])?;
         cmd::sysctl("net/ipv4/ip_forward", "1")?;
         cmd::sysctl("net/ipv6/conf/all/forwarding", "1")?;
         Ok(())
@@ -359,27 +383,76 @@ impl Network {
         )
     }
 
-    /// The machine's resolvers: the host's own, unless they are loopback addresses the machine
-    /// cannot reach (then none).
-    pub fn resolv_conf(&self) -> String {
-        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    /// The machine's resolvers: Hangar's own (`fdaa::3`), or those its config names.
+    pub fn resolv_conf(&self, dns: Option<&DnsConfig>) -> String {
         let mut out = String::new();
-        for line in host.lines() {
-            let mut words = line.split_whitespace();
-            match (words.next(), words.next()) {
-                (Some("nameserver"), Some(addr))
-                    if addr.parse::<IpAddr>().is_ok_and(|a| !a.is_loopback()) =>
-                {
-                    out.push_str(&format!("nameserver {addr}\n"));
-                }
-                (Some("search"), _) | (Some("options"), _) => {
-                    out.push_str(line);
-                    out.push('\n');
-                }
-                _ => {}
+        let named = dns.map(|d| d.nameservers.as_slice()).unwrap_or_default();
+        if named.is_empty() {
+            out.push_str(&format!("nameserver {DNS6}\n"));
+        }
+        for ns in named {
+            out.push_str(&format!("nameserver {ns}\n"));
+        }
+        if let Some(d) = dns.filter(|d| !d.searches.is_empty()) {
+            out.push_str(&format!("search {}\n", d.searches.join(" ")));
+        }
+        if let Some(opts) = dns
+            .and_then(|d| d.extra.get("options"))
+            .and_then(|o| o.as_array())
+        {
+            let words: Vec<String> = opts
+                .iter()
+                .filter_map(|o| {
+                    let name = o.get("name")?.as_str()?;
+                    Some(
+                        match o
+                            .get("value")
+                            .and_then(|v| v.as_str())
+                            .filter(|v| !v.is_empty())
+                        {
+                            Some(v) => format!("{name}:{v}"),
+                            None => name.to_string(),
+                        },
+                    )
+                })
+                .collect();
+            if !words.is_empty() {
+                out.push_str(&format!("options {}\n", words.join(" ")));
             }
         }
         out
+    }
+
+    /// Serves the private network's DNS on `fdaa::3` from now on.
+    pub async fn serve_dns(self: &Arc<Self>) -> Result<(), NetError> {
+        dns::serve(self.clone(), self.cfg.dns_upstreams.clone()).await
+    }
+
+    /// The organisation whose machine holds this private address.
+    fn org_of_address(&self, ip: Ipv6Addr) -> Option<String> {
+        db::org_of_ip6(&self.db(), ip).ok().flatten()
+    }
+
+    fn org_of_ip4(&self, ip: Ipv4Addr) -> Option<String> {
+        db::org_of_ip4(&self.db(), ip).ok().flatten()
+    }
+
+    /// The machine's `config.dns`, as recorded.
+    pub fn machine_dns(&self, machine_id: &str) -> Option<DnsConfig> {
+        self.store
+            .get_machine(machine_id)
+            .ok()
+            .flatten()?
+            .config
+            .dns
+    }
+
+    /// The machine's private address, if it has one (never allocates).
+    fn known_address(&self, machine_id: &str) -> Option<Ipv6Addr> {
+        db::attachment(&self.db(), machine_id)
+            .ok()
+            .flatten()
+            .map(|a| a.ip6)
     }
 
     fn pool_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
@@ -401,6 +474,30 @@ fn internal(e: NetError) -> AgentError {
 }
 
 impl PrivateNetwork for Network {
+    fn check_config(&self, config: &MachineConfig) -> Result<(), AgentError> {
+        let Some(dns) = &config.dns else {
+            return Ok(());
+        };
+        for ns in &dns.nameservers {
+            let ip: IpAddr = ns.parse().map_err(|_| {
+                AgentError::InvalidArgument(format!(
+                    "config.dns.nameservers: {ns:?} is not an IP address"
+                ))
+            })?;
+            let allowed = ip == IpAddr::V6(DNS6)
+                || self.cfg.allow_dns_servers.iter().any(|n| n.contains(&ip));
+            if !allowed {
+                let mut list = vec![DNS6.to_string()];
+                list.extend(self.cfg.allow_dns_servers.iter().map(|n| n.to_string()));
+                return Err(AgentError::InvalidArgument(format!(
+                    "config.dns.nameservers: {ip} is not allowed on this host (allowed: {}; the operator adds more with --allow-dns-server)",
+                    list.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn private_ip(&self, machine_id: &str) -> Option<String> {
         match self.attachment(machine_id) {
             Ok(a) => Some(a.ip6.to_string()),

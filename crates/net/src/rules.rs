@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use hangar_agent::EgressIp;
 use ipnet::Ipv4Net;
 
-use crate::{host_ifname, org_prefix, Attachment, PRIVATE_NET};
+use crate::{host_ifname, org_prefix, Attachment, DNS6, PRIVATE_NET};
 
 pub struct Input<'a> {
     pub bridge: &'a str,
@@ -62,7 +62,8 @@ pub fn render(i: &Input<'_>) -> String {
         s,
         "table inet hangar {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n\
          \x20   iifname \"{br}\" ct state established,related accept\n\
-         \x20   iifname \"{br}\" meta l4proto {{ icmp, ipv6-icmp }} accept\n"
+         \x20   iifname \"{br}\" meta l4proto {{ icmp, ipv6-icmp }} accept\n\
+         \x20   iifname \"{br}\" ip6 daddr {DNS6} meta l4proto {{ udp, tcp }} th dport 53 accept\n"
     );
     if !i.allow_host_ports.is_empty() {
         let ports: Vec<String> = i.allow_host_ports.iter().map(|p| p.to_string()).collect();

@@ -42,6 +42,7 @@ impl Runtime for Networked {
             .map_err(|e| RuntimeError::Boot(format!("private network: {e}")))?;
         let mut spec = spec.clone();
         spec.netns = Some(ns);
+        let dns = self.net.machine_dns(&spec.machine_id);
         let hostname = if spec.launch.hostname.is_empty() {
             spec.machine_id.clone()
         } else {
@@ -56,7 +57,7 @@ impl Runtime for Networked {
             },
             FileSpec {
                 path: "/etc/resolv.conf".into(),
-                contents: self.net.resolv_conf().into_bytes(),
+                contents: self.net.resolv_conf(dns.as_ref()).into_bytes(),
                 mode: 0o644,
             },
         ];

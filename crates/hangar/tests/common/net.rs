@@ -72,7 +72,79 @@ pub fn build_world() -> Internet {
         }
     });
     rx.recv().unwrap();
+    let path = format!("/run/netns/{ns}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("internet netns");
+        // SAFETY: as above.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let sock = std::net::UdpSocket::bind(UPSTREAM_DNS).expect("upstream DNS");
+        tx.send(()).unwrap();
+        upstream_dns(sock);
+    });
+    rx.recv().unwrap();
     inet
+}
+
+/// The internet's resolver (`hangar server --dns-upstream`): it knows one name.
+pub const UPSTREAM_DNS: &str = "203.0.113.2:5353";
+pub const UPSTREAM_NAME: &str = "example.test";
+pub const UPSTREAM_ADDR: &str = "192.0.2.7";
+
+fn upstream_dns(sock: std::net::UdpSocket) {
+    use hickory_proto::op::{Message, MessageType, ResponseCode};
+    use hickory_proto::rr::{rdata::A, RData, Record, RecordType};
+    let mut buf = [0u8; 1500];
+    while let Ok((n, from)) = sock.recv_from(&mut buf) {
+        let Ok(q) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        let mut r = Message::new();
+        r.set_id(q.id())
+            .set_message_type(MessageType::Response)
+            .set_recursion_available(true)
+            .add_queries(q.queries().to_vec());
+        if let Some(query) = q.queries().first() {
+            let name = query.name().to_ascii();
+            if name.trim_end_matches('.') != UPSTREAM_NAME {
+                r.set_response_code(ResponseCode::NXDomain);
+            } else if query.query_type() == RecordType::A {
+                r.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    60,
+                    RData::A(A(UPSTREAM_ADDR.parse().unwrap())),
+                ));
+            }
+        }
+        if let Ok(bytes) = r.to_vec() {
+            let _ = sock.send_to(&bytes, from);
+        }
+    }
+}
+
+/// `nslookup` inside a machine against its configured resolver: the addresses it printed for
+/// the name (not the server's own), or the failure.
+pub fn lookup(w: &World, app: &str, id: &str, args: &str) -> Result<Vec<String>, String> {
+    let out = exec(w, app, id, &format!("nslookup {args}"));
+    let text = format!(
+        "{}{}",
+        stdout(&out),
+        out["stderr"].as_str().unwrap_or_default()
+    );
+    if out["exit_code"] != 0 {
+        return Err(text);
+    }
+    // busybox prints the server first ("Server:", "Address: fdaa::3:53"), then the answers.
+    let answers = text.split("\n\n").skip(1).collect::<Vec<_>>().join("\n");
+    Ok(answers
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("Address: ")
+                .or_else(|| l.split_once("text = ").map(|(_, t)| t))
+                .map(|a| a.trim().trim_matches('"').to_string())
+        })
+        .collect())
 }
 
 /// What the host's networking looks like: interface names, addresses (not link-local ones,
