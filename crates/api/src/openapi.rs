@@ -47,6 +47,13 @@ fn extensions() -> Value {
             "get": op("Hangar_exec_session", "An interactive exec over WebSocket (see docs/api.md)",
                 &[app, machine, ("command", "query"), ("tty", "query"), ("rows", "query"), ("cols", "query")])
         },
+        "/apps/{app_name}/machines/{machine_id}/egress_ips": {
+            "get": op("Hangar_egress_ips_list", "The machine's static egress IPs", &[app, machine]),
+            "post": op("Hangar_egress_ips_allocate", "Give the machine an egress IP from the server's pool (201; 409 when the pool is exhausted)", &[app, machine])
+        },
+        "/apps/{app_name}/machines/{machine_id}/egress_ips/{ip}": {
+            "delete": op("Hangar_egress_ips_release", "Return one of the machine's egress IPs to the pool (204)", &[app, machine, ("ip", "path")])
+        },
         "/images": {
             "get": op("Hangar_images_list", "List the images on this host", &[]),
             "delete": op("Hangar_images_remove", "Remove an image no machine uses", &[("ref", "query")])

@@ -153,6 +153,9 @@ pub enum MachineCommand {
     /// Show or clear a machine's lease
     #[command(subcommand)]
     Leases(LeaseCommand),
+    /// Static egress IPs: a machine's outbound traffic leaves with an address of its own
+    #[command(subcommand, name = "egress-ip")]
+    EgressIp(EgressIpCommand),
     /// Take a machine out of the proxy's rotation
     Cordon {
         #[arg(required = true)]
@@ -166,6 +169,32 @@ pub enum MachineCommand {
         ids: Vec<String>,
         #[command(flatten)]
         app: AppArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EgressIpCommand {
+    /// Give a machine an egress IP from the server's pool
+    Allocate {
+        id: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// List egress IPs: one machine's, or every machine's of the app
+    List {
+        id: Option<String>,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Return a machine's egress IP (all of them without IP) to the pool
+    Release {
+        id: String,
+        ip: Option<String>,
+        #[command(flatten)]
+        app: AppArg,
+        /// Do not ask for confirmation
+        #[arg(short, long)]
+        yes: bool,
     },
 }
 
@@ -438,6 +467,7 @@ pub async fn run(api: &Client, cmd: MachineCommand, g: &Globals) -> anyhow::Resu
             .await?;
             println!("Cleared the lease on machine {id}");
         }
+        MachineCommand::EgressIp(cmd) => egress_ip(api, g, cmd).await?,
         MachineCommand::Cordon { ids, app } => {
             for id in ids {
                 let _: Value = api
@@ -857,15 +887,8 @@ async fn update(api: &Client, args: UpdateArgs, g: &Globals) -> anyhow::Result<E
         print!("{sign} {change}");
     }
     println!();
-    if !args.yes {
-        print!("Apply changes? [y/N] ");
-        use std::io::Write;
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
-            bail!("update cancelled; machine {} is unchanged", m.id);
-        }
+    if !args.yes && !confirm("Apply changes?")? {
+        bail!("update cancelled; machine {} is unchanged", m.id);
     }
     let lease: Value = api.post(&format!("{path}/lease?ttl=120"), None).await?;
     let nonce = lease["data"]["nonce"]
@@ -902,4 +925,90 @@ async fn update(api: &Client, args: UpdateArgs, g: &Globals) -> anyhow::Result<E
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks on the terminal; anything but y/yes is a no.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::Write;
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+async fn egress_ip(api: &Client, g: &Globals, cmd: EgressIpCommand) -> anyhow::Result<()> {
+    match cmd {
+        EgressIpCommand::Allocate { id, app } => {
+            let ip: Value = api
+                .post(&format!("{}/egress_ips", base(&app, &id)), Some(json!({})))
+                .await?;
+            if g.json {
+                output::json(&ip)?;
+            } else {
+                println!(
+                    "Allocated egress IP {} to machine {id}",
+                    ip["ip"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        EgressIpCommand::List { id, app } => {
+            let ids = match id {
+                Some(id) => vec![id],
+                None => {
+                    let ms: Vec<Value> = api.get(&format!("/apps/{}/machines", app.app)).await?;
+                    ms.iter()
+                        .filter_map(|m| m["id"].as_str().map(str::to_string))
+                        .collect()
+                }
+            };
+            let mut all = Vec::new();
+            for id in ids {
+                let ips: Vec<Value> = api.get(&format!("{}/egress_ips", base(&app, &id))).await?;
+                all.extend(ips);
+            }
+            if g.json {
+                output::json(&all)?;
+            } else {
+                output::table(
+                    &["IP", "MACHINE", "CREATED"],
+                    all.iter()
+                        .map(|e| {
+                            ["ip", "machine_id", "created_at"]
+                                .iter()
+                                .map(|k| e[*k].as_str().unwrap_or_default().to_string())
+                                .collect()
+                        })
+                        .collect(),
+                );
+            }
+        }
+        EgressIpCommand::Release { id, ip, app, yes } => {
+            let ips = match ip {
+                Some(ip) => vec![ip],
+                None => {
+                    let held: Vec<Value> =
+                        api.get(&format!("{}/egress_ips", base(&app, &id))).await?;
+                    if held.is_empty() {
+                        bail!("machine {id} holds no egress IP");
+                    }
+                    held.iter()
+                        .filter_map(|e| e["ip"].as_str().map(str::to_string))
+                        .collect()
+                }
+            };
+            if !yes && !confirm(&format!("Release {} from machine {id}?", ips.join(", ")))? {
+                bail!("cancelled; machine {id} keeps its egress IPs");
+            }
+            for ip in ips {
+                api.delete(&format!("{}/egress_ips/{ip}", base(&app, &id)))
+                    .await?;
+                println!("Released egress IP {ip} from machine {id}");
+            }
+        }
+    }
+    Ok(())
 }

@@ -9,6 +9,22 @@ use std::process::Command;
 
 use common::net::*;
 use common::{World, APP};
+
+/// The `hangar` CLI against the test's server; its stdout, or a failed test.
+fn hangar(w: &World, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(args)
+        .env("HANGAR_API_URL", w.server.url())
+        .env("HANGAR_API_TOKEN", w.server.token())
+        .output()
+        .expect("hangar runs");
+    assert!(
+        out.status.success(),
+        "hangar {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 use serde_json::json;
 
 #[test]
@@ -183,13 +199,18 @@ fn private_network_nat_and_egress_ips() {
     assert_eq!(r.status, 201, "{r:?}");
     let e2 = r.body["ip"].as_str().unwrap().to_string();
     assert_eq!(seen_from(&w, &a2), e2);
-    let r = w.server.post(
-        &format!("/v1/apps/{APP}/machines/{a1}/egress_ips"),
-        json!({}),
+    // The same through the CLI.
+    let out = hangar(
+        &w,
+        &["machine", "egress-ip", "allocate", &a1, "-a", APP, "--json"],
     );
-    assert_eq!(r.status, 201, "{r:?}");
-    let e1 = r.body["ip"].as_str().unwrap().to_string();
+    let e1 = serde_json::from_str::<serde_json::Value>(&out).unwrap()["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_ne!(e1, e2);
+    let listed = hangar(&w, &["machine", "egress-ip", "list", "-a", APP]);
+    assert!(listed.contains(&e1) && listed.contains(&e2), "{listed}");
     assert_eq!(seen_from(&w, &a1), e1);
     // The pool (two addresses) is exhausted now.
     let r = w.server.post(
@@ -211,9 +232,30 @@ fn private_network_nat_and_egress_ips() {
     assert_eq!(private_ip(&w, APP, &a2), ip2);
     assert_eq!(seen_from(&w, &a2), e2);
 
+    // An update (stop, new config, start) keeps both addresses.
+    let mut config = w.machine(&a2)["config"].clone();
+    config["env"] = json!({ "UPDATED": "1" });
+    let r = w.server.post(
+        &format!("/v1/apps/{APP}/machines/{a2}"),
+        json!({ "config": config }),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    w.server.wait_state(APP, &a2, "started");
+    assert_eq!(w.sh(&a2, "echo $UPDATED").trim(), "1");
+    assert_eq!(private_ip(&w, APP, &a2), ip2);
+    assert_eq!(seen_from(&w, &a2), e2);
+
+    assert_eq!(seen_from(&w, &a1), e1);
     w.server.restart();
     assert_eq!(private_ip(&w, APP, &a2), ip2);
     assert_eq!(seen_from(&w, &a2), e2);
+    assert_eq!(seen_from(&w, &a1), e1);
+    let out = hangar(
+        &w,
+        &["machine", "egress-ip", "release", &a1, "-a", APP, "-y"],
+    );
+    assert!(out.contains(&e1), "{out}");
+    assert_eq!(seen_from(&w, &a1), "203.0.113.1");
     let r = w.server.get(&path2);
     assert_eq!(r.status, 200);
     assert_eq!(r.body[0]["ip"], e2.as_str());

@@ -100,6 +100,15 @@ fn machine_ip6(prefix: Ipv6Net, machine_id: &str, attempt: u32) -> Ipv6Addr {
     Ipv6Addr::from(net | u128::from(u64::from_be_bytes(iid)))
 }
 
+/// A locally administered unicast MAC for the bridge, stable per bridge name.
+fn bridge_mac(bridge: &str) -> String {
+    let h = Sha256::digest(bridge.as_bytes());
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        h[0], h[1], h[2], h[3], h[4]
+    )
+}
+
 /// The host side of a machine's veth pair (interface names are at most 15 bytes).
 pub fn host_ifname(machine_id: &str) -> String {
     let h = Sha256::digest(machine_id.as_bytes());
@@ -203,6 +212,9 @@ impl Network {
             "mcast_snooping",
             "0",
         ])?;
+        // A bridge without an address of its own takes its lowest port's, so it would change as
+        // machines come and go, and every machine's cached gateway MAC would go stale.
+        cmd::ip(&["link", "set", br, "address", &bridge_mac(br)])?;
         cmd::ip(&["link", "set", br, "up"])?;
         cmd::ip(&[
             "-6",
