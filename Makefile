@@ -39,6 +39,7 @@ bench: build
 	$(CARGO) run --release -p hangar-bench --bin cli
 	$(CARGO) run --release -p hangar-bench --bin pull
 	$(CARGO) run --release -p hangar-bench --bin microvm
+	$(CARGO) run --release -p hangar-bench --bin net
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
