@@ -39,19 +39,14 @@ pub fn ip(args: &[&str]) -> Result<(), NetError> {
     run("ip", args, None)
 }
 
-/// Runs `ip` commands, one a line, inside the named namespace.
-pub fn ip_batch(netns: &str, batch: &str) -> Result<(), NetError> {
-    run("ip", &["-n", netns, "-batch", "-"], Some(batch))
-}
-
 pub fn nft(script: &str) -> Result<(), NetError> {
     run("nft", &["-f", "-"], Some(script))
 }
 
-/// Asks the kernel, not `/sys/class/net`: sysfs shows the namespace it was mounted in, which
-/// need not be the server's.
+/// Asks the kernel (in the calling thread's namespace), not `/sys/class/net`: sysfs shows the
+/// namespace it was mounted in, which need not be the server's.
 pub fn link_exists(name: &str) -> bool {
-    run("ip", &["link", "show", "dev", name], None).is_ok()
+    nix::net::if_::if_nametoindex(name).is_ok()
 }
 
 pub fn sysctl(key: &str, value: &str) -> Result<(), NetError> {

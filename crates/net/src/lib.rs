@@ -24,6 +24,7 @@ use tracing::warn;
 mod cmd;
 mod db;
 mod dns;
+mod netlink;
 mod rules;
 mod runtime;
 
@@ -70,6 +71,8 @@ pub struct Network {
     cfg: NetConfig,
     db: Mutex<rusqlite::Connection>,
     store: Arc<Store>,
+    /// The ruleset last loaded: a start whose machine changes nothing in it skips `nft`.
+    rules: Mutex<String>,
 }
 
 /// The organisation's /48 in `fdaa::/16`, derived from its slug so that every host agrees.
@@ -159,6 +162,7 @@ impl Network {
             cfg,
             db: Mutex::new(conn),
             store,
+            rules: Mutex::new(String::new()),
         };
         net.setup_host()?;
         net.drop_forgotten()?;
@@ -261,7 +265,12 @@ impl Network {
             egress: &egress,
             allow_host_ports: &self.cfg.allow_host_ports,
         });
-        cmd::nft(&text)
+        let mut loaded = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        if *loaded != text {
+            cmd::nft(&text)?;
+            *loaded = text;
+        }
+        Ok(())
     }
 
     /// Removes Hangar's tables (nothing of Hangar's is left in the ruleset).
@@ -321,29 +330,21 @@ impl Network {
     pub fn plumb(&self, machine_id: &str) -> Result<(PathBuf, Attachment), NetError> {
         let a = self.attachment(machine_id)?;
         self.unplumb(machine_id);
-        let ns = netns_name(machine_id);
+        let netns = netns_path(machine_id);
         let host_if = host_ifname(machine_id);
-        let result = (|| {
-            cmd::ip(&["netns", "add", &ns])?;
-            cmd::ip(&[
-                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ])?;
-            cmd::ip(&["link", "set", &host_if, "master", &self.cfg.bridge, "up"])?;
-            let p4 = self.cfg.ipv4_subnet.prefix_len().to_string();
-            let gw4 = self.gateway4().to_string();
-            let batch = format!(
-                "link set lo up\n\
-                 addr add {ip6}/16 dev eth0 nodad\n\
-                 addr add {ip4}/{p4} dev eth0\n\
-                 link set eth0 up\n\
-                 route add default via {gw4}\n\
-                 route add default via {GATEWAY6}\n",
-                ip6 = a.ip6,
-                ip4 = a.ip4,
-            );
-            cmd::ip_batch(&ns, &batch)?;
-            self.apply_rules()
-        })();
+        let result = netlink::plumb_veth(&netlink::VethPlan {
+            netns: &netns,
+            host_if: &host_if,
+            guest_if: "eth0",
+            bridge: &self.cfg.bridge,
+            addresses: vec![
+                (IpAddr::V6(a.ip6), 16),
+                (IpAddr::V4(a.ip4), self.cfg.ipv4_subnet.prefix_len()),
+            ],
+            gateway4: self.gateway4(),
+            gateway6: GATEWAY6,
+        })
+        .and_then(|()| self.apply_rules());
         match result {
             Ok(()) => Ok((netns_path(machine_id), a)),
             Err(e) => {
@@ -359,11 +360,7 @@ impl Network {
         if cmd::link_exists(&host_if) {
             let _ = cmd::ip(&["link", "del", &host_if]);
         }
-        if netns_path(machine_id).exists() {
-            if let Err(e) = cmd::ip(&["netns", "del", &netns_name(machine_id)]) {
-                warn!(machine = machine_id, error = %e, "cannot remove the network namespace");
-            }
-        }
+        netlink::remove(&netns_path(machine_id));
     }
 
     /// Machines of this server's that have a namespace on this host (`/run/netns` is shared by
