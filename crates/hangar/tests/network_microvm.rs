@@ -21,6 +21,9 @@ fn microvms_reach_each_other_the_internet_and_keep_their_addresses() {
         "tcg",
         "--egress-ip-pool",
         "198.51.100.0/30",
+        // Room for the machine that asks for more memory than the host has.
+        "--memory-capacity-mb",
+        "100000000",
     ]);
     let before = snapshot();
 
@@ -88,8 +91,27 @@ fn microvms_reach_each_other_the_internet_and_keep_their_addresses() {
     assert_eq!(out["exit_code"], 0, "after resume: {out}");
     assert_eq!(seen_from(&w, &a1), "203.0.113.1");
 
+    // A boot that fails after the tap was made (more memory than the host has: the microvm
+    // runtime refuses it) leaves no tap.
+    let links = snapshot().0;
+    let r = w.server.post(
+        &format!("/v1/apps/{APP}/machines"),
+        json!({ "config": {
+            "image": w.image,
+            "guest": { "cpu_kind": "performance", "cpus": 16, "memory_mb": 131072 },
+            "init": { "cmd": ["sleep", "1000"] },
+        } }),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let big = r.body["id"].as_str().unwrap().to_string();
+    let m = w.wait_until(&big, "the boot to fail", |m| {
+        !["created", "starting"].contains(&m["state"].as_str().unwrap_or(""))
+    });
+    assert_ne!(m["state"], "started", "{m}");
+    assert_eq!(snapshot().0, links, "a failed boot left an interface");
+
     // Destroy leaves nothing behind: no tap, address or rule.
-    for id in [&a1, &a2] {
+    for id in [&a1, &a2, &big] {
         let r = w
             .server
             .delete(&format!("/v1/apps/{APP}/machines/{id}?force=true"));
