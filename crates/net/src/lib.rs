@@ -362,9 +362,8 @@ impl Network {
     fn plumb_tap(&self, machine_id: &str) -> Result<(), NetError> {
         let tap = host_ifname(machine_id);
         cmd::ip_batch_host(&format!(
-            "tuntap add dev {tap} mode tap
-link set {tap} master {br} up
-",
+            "tuntap add dev {tap} mode tap\n\
+             link set {tap} master {br} up\n",
             br = self.cfg.bridge
         ))
     }
