@@ -56,6 +56,12 @@ fn microvms_reach_each_other_the_internet_and_keep_their_addresses() {
     let out = fetch(&w, APP, &a2, &ip1, 8080, "/hosts");
     assert_eq!(out["exit_code"], 0, "{out}");
     assert!(stdout(&out).contains(&ip1), "{out}");
+    // And from the host.
+    let body = reqwest::blocking::get(format!("http://[{ip1}]:8080/hosts"))
+        .expect("host reaches the machine")
+        .text()
+        .unwrap();
+    assert!(body.contains(&ip1), "{body}");
 
     // Outbound through NAT, with the host's address; then with an egress IP of its own.
     assert_eq!(seen_from(&w, &a2), "203.0.113.1");
