@@ -105,7 +105,7 @@ pub struct ServerArgs {
     )]
     registry_auth: Option<String>,
     /// Give every machine a private IPv6 on its organisation's network (a bridge, a veth pair
-    /// per machine, nftables rules in Hangar's own tables, outbound NAT)
+    /// or a tap device per machine, nftables rules in Hangar's own tables, outbound NAT)
     #[arg(long, env = "HANGAR_PRIVATE_NETWORK")]
     private_network: bool,
     /// The per-host bridge of the private network

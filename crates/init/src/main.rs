@@ -10,6 +10,7 @@
 mod control;
 mod env;
 mod exec;
+mod net;
 mod probe;
 mod procs;
 mod setup;

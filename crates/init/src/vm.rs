@@ -1,13 +1,16 @@
 //! The first stage of a microVM boot: init runs from the initramfs Hangar built, loads the
-//! kernel modules the machine needs, stacks the image's read-only disk under a fresh scratch
-//! disk with overlayfs (the blank slate), and moves into it. After that, init carries on as
-//! in any machine.
+//! kernel modules the machine needs, configures its network device, stacks the image's
+//! read-only disk under a fresh scratch disk with overlayfs (the blank slate), and moves into
+//! it. After that, init carries on as in any machine.
 //!
 //! The initramfs holds:
 //! - `/init`: this binary;
 //! - `/hangar/modules`: module files to load, one path a line, in dependency order;
+//! - `/hangar/modules.net`: the same, for a machine with a network device;
 //! - `/hangar/launch.json`: the launch spec (appended per boot). Without it the boot is the
-//!   host's probe: init reports that it reached `/init` and powers off at once.
+//!   host's probe: init reports that it reached `/init` and powers off at once;
+//! - `/hangar/network.json`: how to configure the network device, when the machine has one
+//!   (appended per boot; see `net.rs`).
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -20,6 +23,10 @@ use crate::log;
 
 pub const LAUNCH: &str = "/hangar/launch.json";
 const MODULES: &str = "/hangar/modules";
+/// The modules to load for a machine with a network, as `MODULES`.
+const NETWORK_MODULES: &str = "/hangar/modules.net";
+/// The network device's configuration, when the machine has one.
+const NETWORK: &str = hangar_proto::NETWORK_IN_INITRAMFS;
 /// The line the host's probe looks for on the console.
 pub const PROBE_MARK: &str = "hangar-init: reached /init";
 /// The image disk and the scratch disk, in the order the host attaches them.
@@ -99,6 +106,15 @@ fn load_module(path: &str) -> Result<(), String> {
     }
 }
 
+/// Loads the modules a list names, one path a line, in order.
+fn load_modules(list: &str) -> Result<(), String> {
+    let modules = std::fs::read_to_string(list).map_err(|e| format!("reading {list}: {e}"))?;
+    for module in modules.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        load_module(module)?;
+    }
+    Ok(())
+}
+
 fn wait_for(paths: &[&str]) -> Result<(), String> {
     let deadline = Instant::now() + DISK_WAIT;
     loop {
@@ -164,10 +180,15 @@ pub fn prepare() -> Result<Vec<u8>, String> {
         MsFlags::MS_NOSUID,
         Some("mode=0755"),
     )?;
-    let modules =
-        std::fs::read_to_string(MODULES).map_err(|e| format!("reading {MODULES}: {e}"))?;
-    for module in modules.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        load_module(module)?;
+    load_modules(MODULES)?;
+    if Path::new(NETWORK).exists() {
+        let bytes = std::fs::read(NETWORK).map_err(|e| format!("reading {NETWORK}: {e}"))?;
+        let spec: hangar_proto::NetworkSpec =
+            serde_json::from_slice(&bytes).map_err(|e| format!("reading {NETWORK}: {e}"))?;
+        if Path::new(NETWORK_MODULES).exists() {
+            load_modules(NETWORK_MODULES)?;
+        }
+        crate::net::configure(&spec).map_err(|e| format!("the network: {e}"))?;
     }
     let launch = std::fs::read(LAUNCH).map_err(|e| format!("reading {LAUNCH}: {e}"))?;
     wait_for(&[IMAGE_DISK, SCRATCH_DISK])?;

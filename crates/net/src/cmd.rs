@@ -39,6 +39,29 @@ pub fn ip(args: &[&str]) -> Result<(), NetError> {
     run("ip", args, None)
 }
 
+/// Runs `ip` commands, one a line, in the server's own namespace.
+pub fn ip_batch_host(batch: &str) -> Result<(), NetError> {
+    run("ip", &["-batch", "-"], Some(batch))
+}
+
+/// The names of the links in the server's namespace (empty when `ip` fails).
+pub fn link_names() -> Vec<String> {
+    let Ok(out) = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+    else {
+        return Vec::new();
+    };
+    // "3: name@peer: <FLAGS> ..."
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
+}
+
 pub fn nft(script: &str) -> Result<(), NetError> {
     run("nft", &["-f", "-"], Some(script))
 }

@@ -1,8 +1,12 @@
 //! Hangar's host networking: the private network of each organisation (Fly's 6PN), outbound NAT
 //! and static egress IPs.
 //!
-//! Every machine is attached to one per-host bridge through a veth pair whose inner end sits in
-//! a network namespace made for the machine (`/run/netns/hangar-<id>`), which the runtime joins.
+//! Every machine is attached to one per-host bridge, by the runtime's choice (see
+//! [`hangar_runtime::NetAttachKind`]): a sandbox through a veth pair whose inner end sits in a
+//! network namespace made for the machine (`/run/netns/hangar-<id>`), which the runtime joins,
+//! its addresses and routes configured from the host; a microVM through a tap device that QEMU
+//! opens as a virtio-net device, configured inside the guest by `hangar-init`. Either way the
+//! host side is named [`host_ifname`], which the isolation rules match on.
 //! A machine's private IPv6 comes from its organisation's /48 inside `fdaa::/16`; it also gets a
 //! private IPv4 for outbound IPv4 through NAT. Addresses and egress IPs are recorded in this
 //! crate's own SQLite database, so they survive stop/start, update and server restarts.
@@ -15,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use hangar_agent::{AgentError, EgressIp, PrivateNetwork};
+use hangar_proto::{IpPrefix, NetworkSpec};
+use hangar_runtime::{NetAttach, NetAttachKind};
 use hangar_store::Store;
 use hangar_types::{DnsConfig, MachineConfig};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -118,6 +124,22 @@ pub fn host_ifname(machine_id: &str) -> String {
     let hex: String = h[..6].iter().map(|b| format!("{b:02x}")).collect();
     format!("hv{hex}")
 }
+
+/// The machine's MAC address on the private network (a microVM's virtio-net device): locally
+/// administered, unicast, from a hash of the machine id, so it is the same on every boot.
+pub fn mac_address(machine_id: &str) -> String {
+    let h = Sha256::digest(format!("mac/{machine_id}").as_bytes());
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&h[..6]);
+    mac[0] = (mac[0] & 0xfc) | 0x02;
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The interface's name inside the machine.
+pub const GUEST_IFNAME: &str = "eth0";
 
 pub fn netns_name(machine_id: &str) -> String {
     format!("hangar-{machine_id}")
@@ -243,11 +265,15 @@ impl Network {
                 return Ok(());
             }
         };
-        let db = self.db();
-        for a in db::attachments(&db)? {
-            if !live.contains(&a.machine_id) {
-                db::forget(&db, &a.machine_id)?;
-            }
+        let forgotten: Vec<String> = db::attachments(&self.db())?
+            .into_iter()
+            .map(|a| a.machine_id)
+            .filter(|id| !live.contains(id))
+            .collect();
+        for id in forgotten {
+            // A machine destroyed while the server was down may have left its interfaces.
+            self.unplumb(&id);
+            db::forget(&self.db(), &id)?;
         }
         Ok(())
     }
@@ -325,17 +351,92 @@ impl Network {
         )))
     }
 
-    /// Creates the machine's namespace and veth pair, addresses and routes; returns the
-    /// namespace to join. Whatever is left of an earlier boot is replaced.
-    pub fn plumb(&self, machine_id: &str) -> Result<(PathBuf, Attachment), NetError> {
+    /// Plugs the machine into the bridge the way its runtime asks, and returns what the runtime
+    /// needs to use it. Whatever is left of an earlier boot is replaced; on failure nothing of
+    /// this one is left.
+    pub fn plumb(
+        &self,
+        machine_id: &str,
+        kind: NetAttachKind,
+    ) -> Result<(NetAttach, Attachment), NetError> {
         let a = self.attachment(machine_id)?;
         self.unplumb(machine_id);
-        let netns = netns_path(machine_id);
-        let host_if = host_ifname(machine_id);
-        let result = netlink::plumb_veth(&netlink::VethPlan {
-            netns: &netns,
-            host_if: &host_if,
-            guest_if: "eth0",
+        let result = match kind {
+            NetAttachKind::Netns => self
+                .plumb_netns(machine_id, &a)
+                .map(|()| NetAttach::Netns(netns_path(machine_id))),
+            NetAttachKind::Tap => self.plumb_tap(machine_id).map(|()| NetAttach::Tap {
+                ifname: host_ifname(machine_id),
+                guest: self.guest_network(&a),
+            }),
+        }
+        .and_then(|attach| self.apply_rules().map(|()| attach));
+        match result {
+            Ok(attach) => Ok((attach, a)),
+            Err(e) => {
+                self.unplumb(machine_id);
+                Err(e)
+            }
+        }
+    }
+
+    /// How `hangar-init` configures a microVM's device: the same addresses and routes the host
+    /// gives a sandbox's `eth0`.
+    pub fn guest_network(&self, a: &Attachment) -> NetworkSpec {
+        NetworkSpec {
+            ifname: GUEST_IFNAME.to_string(),
+            mac: mac_address(&a.machine_id),
+            mtu: None,
+            addresses: vec![
+                IpPrefix {
+                    address: IpAddr::V6(a.ip6),
+                    prefix_len: 16,
+                },
+                IpPrefix {
+                    address: IpAddr::V4(a.ip4),
+                    prefix_len: self.cfg.ipv4_subnet.prefix_len(),
+                },
+            ],
+            gateway4: Some(self.gateway4()),
+            gateway6: Some(GATEWAY6),
+        }
+    }
+
+    /// A persistent tap device on the bridge, for QEMU to open: it outlives QEMU, so a
+    /// suspended microVM keeps its port (and its rules) until it is torn down.
+    fn plumb_tap(&self, machine_id: &str) -> Result<(), NetError> {
+        let tap = host_ifname(machine_id);
+        cmd::ip_batch_host(&format!(
+            "tuntap add dev {tap} mode tap\n\
+             link set {tap} master {br} up\n",
+            br = self.cfg.bridge
+        ))
+    }
+
+    /// Makes sure a microVM's tap device is there and on the bridge (before a suspended
+    /// machine resumes: the device does not survive a host reboot, or an operator).
+    pub fn ensure_tap(&self, machine_id: &str) -> Result<(), NetError> {
+        let tap = host_ifname(machine_id);
+        if cmd::link_exists(&tap) {
+            return cmd::ip(&["link", "set", &tap, "master", &self.cfg.bridge, "up"]);
+        }
+        self.attachment(machine_id)?;
+        let made = self.plumb_tap(machine_id).and_then(|()| self.apply_rules());
+        if made.is_err() {
+            self.unplumb(machine_id);
+        }
+        made
+    }
+
+    /// The namespace and veth pair of a sandbox, its addresses and routes. Its init cannot do
+    /// this itself: a sandbox runs with Docker's capabilities, without CAP_NET_ADMIN, and
+    /// granting init that (to drop it before the machine's process starts) would put a
+    /// capability that rewrites the machine's addressing inside every sandbox's bounding set.
+    fn plumb_netns(&self, machine_id: &str, a: &Attachment) -> Result<(), NetError> {
+        netlink::plumb_veth(&netlink::VethPlan {
+            netns: &netns_path(machine_id),
+            host_if: &host_ifname(machine_id),
+            guest_if: GUEST_IFNAME,
             bridge: &self.cfg.bridge,
             addresses: vec![
                 (IpAddr::V6(a.ip6), 16),
@@ -344,14 +445,6 @@ impl Network {
             gateway4: self.gateway4(),
             gateway6: GATEWAY6,
         })
-        .and_then(|()| self.apply_rules());
-        match result {
-            Ok(()) => Ok((netns_path(machine_id), a)),
-            Err(e) => {
-                self.unplumb(machine_id);
-                Err(e)
-            }
-        }
     }
 
     /// Removes the machine's namespace and interfaces (its allocation stays).
@@ -363,24 +456,17 @@ impl Network {
         netlink::remove(&netns_path(machine_id));
     }
 
-    /// Machines of this server's that have a namespace on this host (`/run/netns` is shared by
-    /// every server of the host, so only machines this server has an address for count).
+    /// Machines of this server's that have a namespace or a host-side interface on this host
+    /// (`/run/netns` and the links are shared by every server of the host, so only machines
+    /// this server has an address for count).
     pub fn plumbed(&self) -> Vec<String> {
-        let Ok(dir) = std::fs::read_dir("/run/netns") else {
-            return Vec::new();
-        };
-        let ours: std::collections::HashSet<String> = match db::attachments(&self.db()) {
+        let ours: Vec<String> = match db::attachments(&self.db()) {
             Ok(atts) => atts.into_iter().map(|a| a.machine_id).collect(),
             Err(_) => return Vec::new(),
         };
-        dir.filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_prefix("hangar-"))
-                    .map(str::to_string)
-            })
-            .filter(|id| ours.contains(id))
+        let links: std::collections::HashSet<String> = cmd::link_names().into_iter().collect();
+        ours.into_iter()
+            .filter(|id| netns_path(id).exists() || links.contains(&host_ifname(id)))
             .collect()
     }
 
@@ -619,6 +705,15 @@ mod tests {
         let ip = machine_ip6(a, "0123456789abcd", 0);
         assert!(a.contains(&ip));
         assert_ne!(ip, machine_ip6(a, "0123456789abcd", 1));
+    }
+
+    #[test]
+    fn macs_are_stable_local_unicast() {
+        let mac = mac_address("0123456789abcd");
+        assert_eq!(mac, mac_address("0123456789abcd"));
+        assert_ne!(mac, mac_address("0123456789abce"));
+        let bytes = hangar_proto::parse_mac(&mac).unwrap();
+        assert_eq!(bytes[0] & 0x03, 0x02, "{mac}");
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! A runtime wrapped so that each boot joins the private network: the namespace and veth pair
-//! are made before the inner runtime boots, and removed after it tears the machine down.
+//! A runtime wrapped so that each boot joins the private network: the machine's namespace and
+//! veth pair, or its tap device, as the runtime that boots it asks, are made before the inner
+//! runtime boots, and removed after it tears the machine down.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use hangar_proto::FileSpec;
-use hangar_runtime::{BootSpec, Guest, Remains, Runtime, RuntimeError};
+use hangar_runtime::{BootSpec, Guest, NetAttachKind, Remains, Runtime, RuntimeError};
 
 use crate::Network;
 
@@ -34,21 +35,43 @@ impl Runtime for Networked {
         self.inner.kind()
     }
 
+    fn provides(&self, kind: &str) -> bool {
+        self.inner.provides(kind)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        self.inner.status()
+    }
+
+    fn has(&self, machine_id: &str) -> bool {
+        self.inner.has(machine_id)
+    }
+
+    fn net_attach(&self, runtime: Option<&str>) -> NetAttachKind {
+        self.inner.net_attach(runtime)
+    }
+
+    fn net_attach_of(&self, machine_id: &str) -> NetAttachKind {
+        self.inner.net_attach_of(machine_id)
+    }
+
     async fn boot(&self, spec: &BootSpec) -> Result<Guest, RuntimeError> {
         let net = self.net.clone();
         let id = spec.machine_id.clone();
-        let (ns, att) = blocking(move || net.plumb(&id))
+        let kind = self.inner.net_attach(spec.runtime.as_deref());
+        let (attach, att) = blocking(move || net.plumb(&id, kind))
             .await?
             .map_err(|e| RuntimeError::Boot(format!("private network: {e}")))?;
         let mut spec = spec.clone();
-        spec.netns = Some(ns);
+        spec.netns = Some(attach);
         let dns = self.net.machine_dns(&spec.machine_id);
         let hostname = if spec.launch.hostname.is_empty() {
             spec.machine_id.clone()
         } else {
             spec.launch.hostname.clone()
         };
-        // The machine's own files come last, so a config that writes these wins.
+        // Init writes them (in both runtimes). The machine's own files come last, so a config
+        // that writes these wins.
         let mut files = vec![
             FileSpec {
                 path: "/etc/hosts".into(),
@@ -100,7 +123,16 @@ impl Runtime for Networked {
         self.inner.suspend(machine_id).await
     }
 
+    /// A suspended microVM's tap stays on the bridge; should it be gone (a host reboot), it is
+    /// made again before QEMU reopens it. A sandbox's namespace lives as long as its processes.
     async fn resume(&self, machine_id: &str) -> Result<Guest, RuntimeError> {
+        if self.inner.net_attach_of(machine_id) == NetAttachKind::Tap {
+            let net = self.net.clone();
+            let id = machine_id.to_string();
+            blocking(move || net.ensure_tap(&id))
+                .await?
+                .map_err(|e| RuntimeError::Boot(format!("private network: {e}")))?;
+        }
         self.inner.resume(machine_id).await
     }
 }

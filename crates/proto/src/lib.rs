@@ -62,6 +62,92 @@ pub struct FileSpec {
     pub mode: u32,
 }
 
+/// How init configures the machine's network interface before the process starts: a microVM's
+/// virtio-net device, which only the guest can configure (a sandbox's interface is configured by
+/// the host, in the network namespace it prepares). The host writes it as JSON beside the launch
+/// spec: `/hangar/network.json` in a microVM's initramfs ([`NETWORK_IN_INITRAMFS`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// The interface's name inside the machine (`eth0`); the device is renamed to it.
+    pub ifname: String,
+    /// The device's MAC address (`02:ab:cd:ef:01:23`), which is how init finds it.
+    pub mac: String,
+    /// The interface's MTU; `None` leaves the device's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Addresses with their prefix lengths. IPv6 ones skip duplicate address detection: the host
+    /// hands out unique addresses, and a tentative address would delay the machine's first
+    /// connection.
+    #[serde(default)]
+    pub addresses: Vec<IpPrefix>,
+    /// The IPv4 default gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway4: Option<std::net::Ipv4Addr>,
+    /// The IPv6 default gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<std::net::Ipv6Addr>,
+}
+
+/// Where a microVM's initramfs holds its [`NetworkSpec`], when the machine has a network.
+pub const NETWORK_IN_INITRAMFS: &str = "/hangar/network.json";
+
+/// An address and its prefix length (`fdaa:1:2::3/16`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpPrefix {
+    pub address: std::net::IpAddr,
+    pub prefix_len: u8,
+}
+
+impl NetworkSpec {
+    /// The MAC address as bytes.
+    pub fn mac_bytes(&self) -> Result<[u8; 6], String> {
+        parse_mac(&self.mac)
+    }
+
+    /// Whether the spec is one init can apply: a MAC, a name the kernel accepts, prefix
+    /// lengths that fit their addresses.
+    pub fn validate(&self) -> Result<(), String> {
+        self.mac_bytes()?;
+        if self.ifname.is_empty()
+            || self.ifname.len() > 15
+            || self
+                .ifname
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
+        {
+            return Err(format!("invalid interface name {:?}", self.ifname));
+        }
+        for a in &self.addresses {
+            let max = if a.address.is_ipv4() { 32 } else { 128 };
+            if a.prefix_len > max {
+                return Err(format!(
+                    "prefix length {} is too long for {}",
+                    a.prefix_len, a.address
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let mut out = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut out {
+        let part = parts
+            .next()
+            .filter(|p| p.len() == 2)
+            .ok_or_else(|| format!("invalid MAC address {text:?}"))?;
+        *byte =
+            u8::from_str_radix(part, 16).map_err(|_| format!("invalid MAC address {text:?}"))?;
+    }
+    if parts.next().is_some() {
+        return Err(format!("invalid MAC address {text:?}"));
+    }
+    Ok(out)
+}
+
 /// Host → init.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Request {
@@ -491,6 +577,49 @@ mod tests {
         dec.push(&bytes);
         assert!(dec.decode::<Request>().is_err());
         assert_eq!(dec.decode::<Request>().unwrap().unwrap().id, 9);
+    }
+
+    #[test]
+    fn network_specs_round_trip_and_validate() {
+        let spec = NetworkSpec {
+            ifname: "eth0".into(),
+            mac: "02:ab:cd:ef:01:23".into(),
+            mtu: None,
+            addresses: vec![
+                IpPrefix {
+                    address: "fdaa:1:2::3".parse().unwrap(),
+                    prefix_len: 16,
+                },
+                IpPrefix {
+                    address: "172.19.0.2".parse().unwrap(),
+                    prefix_len: 16,
+                },
+            ],
+            gateway4: Some("172.19.0.1".parse().unwrap()),
+            gateway6: Some("fdaa::1".parse().unwrap()),
+        };
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<NetworkSpec>(&json).unwrap(), spec);
+        assert_eq!(spec.mac_bytes().unwrap(), [2, 0xab, 0xcd, 0xef, 1, 0x23]);
+        spec.validate().unwrap();
+        // Only the device is required.
+        let bare: NetworkSpec =
+            serde_json::from_str(r#"{"ifname":"eth0","mac":"02:00:00:00:00:01"}"#).unwrap();
+        assert!(bare.addresses.is_empty() && bare.gateway6.is_none());
+        for mac in [
+            "02:00:00:00:00",
+            "02:00:00:00:00:01:02",
+            "0g:00:00:00:00:01",
+            "",
+        ] {
+            assert!(parse_mac(mac).is_err(), "{mac}");
+        }
+        let mut bad = spec.clone();
+        bad.addresses[1].prefix_len = 33;
+        assert!(bad.validate().is_err());
+        let mut bad = spec;
+        bad.ifname = "a-much-too-long-name".into();
+        assert!(bad.validate().is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use hangar_proto::LaunchSpec;
+use hangar_proto::{LaunchSpec, NetworkSpec};
 
 pub mod guest;
 pub mod keeper;
@@ -41,8 +41,27 @@ pub struct BootSpec {
     /// The root file system's size limit in GB (`config.rootfs.size_gb`); `None`: the
     /// runtime's default. Only the microvm runtime has a disk to size.
     pub rootfs_size_gb: Option<u32>,
-    /// A prepared network namespace to join (the private network's); `None`: a new, empty one.
-    pub netns: Option<PathBuf>,
+    /// How the machine plugs into the host's network (the private network's), as the runtime's
+    /// [`Runtime::net_attach`] asks; `None`: no network but loopback (a sandbox gets a new,
+    /// empty network namespace, a microVM no network device).
+    pub netns: Option<NetAttach>,
+}
+
+/// How a machine is plugged into a network the host prepared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetAttach {
+    /// Join this network namespace, whose interfaces and routes the host has configured.
+    Netns(PathBuf),
+    /// A virtio-net device on the host's tap device `ifname` (already on the bridge); init
+    /// configures the device inside the guest as `guest` says.
+    Tap { ifname: String, guest: NetworkSpec },
+}
+
+/// What a runtime needs from the host to put a machine on a network: see [`NetAttach`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetAttachKind {
+    Netns,
+    Tap,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +120,19 @@ pub trait Runtime: Send + Sync + 'static {
     /// What the runtime is and how it was set up (for the status endpoint).
     fn status(&self) -> serde_json::Value {
         serde_json::json!({ "kind": self.kind() })
+    }
+
+    /// How a machine booted with `runtime` (`BootSpec::runtime`) plugs into a host network.
+    /// A runtime of one kind answers for itself, whatever `runtime` says.
+    fn net_attach(&self, runtime: Option<&str>) -> NetAttachKind {
+        let _ = runtime;
+        NetAttachKind::Netns
+    }
+
+    /// How machine `machine_id`, booted earlier, is plugged into a host network.
+    fn net_attach_of(&self, machine_id: &str) -> NetAttachKind {
+        let _ = machine_id;
+        self.net_attach(None)
     }
 
     /// Whether this runtime has anything of the machine on the host.

@@ -42,7 +42,9 @@ use qmp::Qmp;
 
 use crate::keeper::{Ended, Keeper};
 use crate::sandbox::host::{proc_state, Cgroups};
-use crate::{BootSpec, Guest, GuestError, Remains, Runtime, RuntimeError};
+use crate::{
+    BootSpec, Guest, GuestError, NetAttach, NetAttachKind, Remains, Runtime, RuntimeError,
+};
 
 /// From starting QEMU to init reporting the main process: TCG boots take seconds, and more on
 /// a loaded host.
@@ -432,6 +434,16 @@ impl Microvm {
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", p(&paths.qmp)),
         ]);
+        if let Some(NetAttach::Tap { ifname, guest }) = &spec.netns {
+            // The host made the tap (persistent, on the bridge): QEMU only opens it, and it
+            // outlives QEMU, so a suspended machine's resume finds it again.
+            argv.extend([
+                "-netdev".into(),
+                format!("tap,id=net0,ifname={ifname},script=no,downscript=no"),
+                "-device".into(),
+                format!("virtio-net-device,netdev=net0,mac={}", guest.mac),
+            ]);
+        }
         argv
     }
 
@@ -447,6 +459,29 @@ impl Microvm {
         }
         if spec.layers.is_empty() {
             return Err("the image has no layers".into());
+        }
+        match &spec.netns {
+            None => {}
+            Some(NetAttach::Netns(path)) => {
+                return Err(format!(
+                    "a microVM plugs into a tap device; it cannot join the network namespace {}",
+                    path.display()
+                ))
+            }
+            Some(NetAttach::Tap { ifname, guest }) => {
+                // Both go into QEMU's comma-separated options.
+                if ifname.is_empty()
+                    || ifname.len() > 15
+                    || !ifname
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(format!("invalid tap device name {ifname:?}"));
+                }
+                guest
+                    .validate()
+                    .map_err(|e| format!("the machine's network: {e}"))?;
+            }
         }
         let r = spec.resources;
         if r.cpus == 0 || r.memory_mb == 0 {
@@ -653,7 +688,18 @@ impl Microvm {
         }
         let launch_json =
             serde_json::to_vec(&launch).map_err(|e| format!("encoding the launch spec: {e}"))?;
-        kernel::boot_initrd(&self.initramfs, &launch_json, &paths.initrd)?;
+        let network_json = match &spec.netns {
+            Some(NetAttach::Tap { guest, .. }) => Some(
+                serde_json::to_vec(guest).map_err(|e| format!("encoding the network spec: {e}"))?,
+            ),
+            _ => None,
+        };
+        let mut files: Vec<(&str, &[u8])> = vec![("hangar/launch.json", &launch_json)];
+        if let Some(json) = &network_json {
+            let name = hangar_proto::NETWORK_IN_INITRAMFS.trim_start_matches('/');
+            files.push((name, json));
+        }
+        kernel::boot_initrd(&self.initramfs, &files, &paths.initrd)?;
 
         if let Some(parent) = spec.log_path.parent() {
             std::fs::create_dir_all(parent)
@@ -769,6 +815,10 @@ fn console_panic(log: &Path, offset: u64) -> Option<String> {
 impl Runtime for Microvm {
     fn kind(&self) -> &'static str {
         "microvm"
+    }
+
+    fn net_attach(&self, _runtime: Option<&str>) -> NetAttachKind {
+        NetAttachKind::Tap
     }
 
     fn status(&self) -> serde_json::Value {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::{BootSpec, Guest, Remains, Runtime, RuntimeError};
+use crate::{BootSpec, Guest, NetAttachKind, Remains, Runtime, RuntimeError};
 
 pub struct Runtimes {
     /// The default first.
@@ -66,6 +66,17 @@ impl Runtime for Runtimes {
 
     fn has(&self, machine_id: &str) -> bool {
         self.all.iter().any(|r| r.has(machine_id))
+    }
+
+    /// The runtime that will boot it decides (an unknown runtime fails the boot anyway).
+    fn net_attach(&self, runtime: Option<&str>) -> NetAttachKind {
+        self.by_kind(runtime)
+            .map(|r| r.net_attach(runtime))
+            .unwrap_or(NetAttachKind::Netns)
+    }
+
+    fn net_attach_of(&self, machine_id: &str) -> NetAttachKind {
+        self.owner(machine_id).net_attach_of(machine_id)
     }
 
     async fn boot(&self, spec: &BootSpec) -> Result<Guest, RuntimeError> {

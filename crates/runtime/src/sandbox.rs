@@ -37,7 +37,7 @@ use tokio::time::{sleep, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
 use crate::keeper::{Ended, Keeper};
-use crate::{BootSpec, Guest, Remains, Runtime, RuntimeError};
+use crate::{BootSpec, Guest, NetAttach, Remains, Runtime, RuntimeError};
 use host::{Cgroups, ElfProblem};
 use std::sync::Arc;
 
@@ -404,14 +404,17 @@ impl Sandbox {
             launch: &paths.launch,
             ctl: &paths.ctl,
         };
-        let config = bundle::spec(
-            hostname,
-            id,
-            &bundle_paths,
-            spec.resources,
-            spec.netns.as_deref(),
-        )
-        .map_err(|e| format!("building the runtime spec: {e}"))?;
+        let netns = match &spec.netns {
+            None => None,
+            Some(NetAttach::Netns(path)) => Some(path.as_path()),
+            Some(NetAttach::Tap { ifname, .. }) => {
+                return Err(format!(
+                    "a sandbox joins a network namespace; it cannot use the tap device {ifname}"
+                ))
+            }
+        };
+        let config = bundle::spec(hostname, id, &bundle_paths, spec.resources, netns)
+            .map_err(|e| format!("building the runtime spec: {e}"))?;
         let config_json =
             serde_json::to_vec(&config).map_err(|e| format!("encoding the runtime spec: {e}"))?;
         std::fs::write(&paths.config, config_json)
