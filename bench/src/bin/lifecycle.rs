@@ -7,7 +7,8 @@
 //! - the baseline: `runc run --detach` of the same image layers (a fresh overlay upper each
 //!   run, mounted beforehand and not timed), running the same process.
 //!
-//! Runs interleave Hangar and the baseline so that drift on a noisy machine hits both alike.
+//! Runs interleave Hangar and the baseline so that drift on a noisy machine hits both alike,
+//! with a pause before each timed operation (see `settle`).
 //! Needs root, runc, docker-registry and a release build (`make build`).
 
 use std::path::{Path, PathBuf};
@@ -56,8 +57,11 @@ fn main() -> anyhow::Result<()> {
     server.wait_state(APP, &id, "started");
 
     for i in 0..runs {
+        settle();
         runc.push(baseline.run_once(i, None)?);
+        settle();
         runc_hardened.push(baseline.run_once(i, Some(&hangar_spec))?);
+        settle();
 
         let created = create.time(|| {
             let m = server.create_machine(APP, json!({ "config": config }));
@@ -66,11 +70,13 @@ fn main() -> anyhow::Result<()> {
             new_id
         });
         server.delete(&format!("/v1/apps/{APP}/machines/{created}?force=true"));
+        settle();
 
         stop.time(|| {
             server.post(&format!("/v1/apps/{APP}/machines/{id}/stop"), json!({}));
             server.wait_state(APP, &id, "stopped");
         });
+        settle();
         start.time(|| {
             server.post(&format!("/v1/apps/{APP}/machines/{id}/start"), json!({}));
             server.wait_state(APP, &id, "started");
@@ -95,6 +101,15 @@ fn main() -> anyhow::Result<()> {
         ms(runc_hardened.median())
     );
     Ok(())
+}
+
+/// Waits out the kernel's deferred work from the previous operation before timing the next.
+/// A destroyed container's network namespace is torn down asynchronously, and a new namespace
+/// made while that runs waits for it: without a pause, whichever operation comes right after a
+/// teardown pays for it (measured: the first `runc run` of an iteration took ~14 ms, the
+/// second ~22 ms, whichever spec went first).
+fn settle() {
+    std::thread::sleep(std::time::Duration::from_millis(250));
 }
 
 /// Bare runc over the same unpacked layers: the floor Hangar's start is measured against.
