@@ -65,7 +65,10 @@ fn iperf_image() -> anyhow::Result<ImageBuilder> {
     for line in sh("ldd /usr/bin/iperf3")?.lines() {
         let path = match line.split("=>").nth(1) {
             Some(rest) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
+            None => line
+                .split_whitespace()
+                .next()
+                .filter(|p| p.starts_with('/')),
         };
         let Some(path) = path.filter(|p| p.starts_with('/')) else {
             continue;
@@ -135,7 +138,9 @@ fn main() -> anyhow::Result<()> {
             &format!("ip netns exec {nb}"),
             "fd00:b::1",
         )?;
-        let rtt = ping_avg_ms(&sh(&format!("ip netns exec {nb} busybox {PING} fd00:b::1"))?)?;
+        let rtt = ping_avg_ms(&sh(&format!(
+            "ip netns exec {nb} busybox {PING} fd00:b::1"
+        ))?)?;
         Ok((bps, rtt))
     })();
     let _ = sh(&format!("ip netns del {na}; ip netns del {nb}"));
@@ -172,7 +177,11 @@ fn main() -> anyhow::Result<()> {
             .stdout(Stdio::null())
             .spawn()?;
         std::thread::sleep(Duration::from_millis(300));
-        let out = exec(&server, &b, &format!("iperf3 -c fdaa::1 -t {IPERF_SECS} -J"));
+        let out = exec(
+            &server,
+            &b,
+            &format!("iperf3 -c fdaa::1 -t {IPERF_SECS} -J"),
+        );
         let _ = srv.wait();
         iperf_bps(&out?)?
     };
@@ -237,7 +246,12 @@ fn main() -> anyhow::Result<()> {
         "network setup adds {} to the median start",
         ms(with_net.median().saturating_sub(without.median()))
     );
-    for (s, id) in [(&server, &a), (&server, &b), (&server, &with_id), (&plain, &plain_id)] {
+    for (s, id) in [
+        (&server, &a),
+        (&server, &b),
+        (&server, &with_id),
+        (&plain, &plain_id),
+    ] {
         s.delete(&format!("/v1/apps/{APP}/machines/{id}?force=true"));
     }
     Ok(())
