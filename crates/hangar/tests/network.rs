@@ -190,8 +190,9 @@ fn private_network_nat_and_egress_ips() {
     let out = fetch(&w, APP, &a2, "fdaa::1", port, "/");
     assert_ne!(out["exit_code"], 0, "a machine reached the host: {out}");
 
-    // Outbound through NAT, with the host's address.
+    // Outbound through NAT, with the host's address, over IPv4 and IPv6.
     assert_eq!(seen_from(&w, &a2), "203.0.113.1");
+    assert_eq!(seen_from6(&w, &a2), "2001:db8::1");
 
     // Static egress IPs: never shared, kept across stop/start and a server restart.
     let path2 = format!("/v1/apps/{APP}/machines/{a2}/egress_ips");

@@ -46,7 +46,9 @@ pub fn build_world() -> Internet {
          ip addr add 203.0.113.1/24 dev up0 && ip link set up0 up && \
          ip route add default via 203.0.113.2 && \
          ip -n {ns} link set lo up && ip -n {ns} addr add 203.0.113.2/24 dev wan0 && \
-         ip -n {ns} link set wan0 up && ip -n {ns} route add 198.51.100.0/24 via 203.0.113.1"
+         ip -n {ns} link set wan0 up && ip -n {ns} route add 198.51.100.0/24 via 203.0.113.1 && \
+         ip addr add 2001:db8::1/64 dev up0 nodad && ip -6 route add default via 2001:db8::2 && \
+         ip -n {ns} addr add 2001:db8::2/64 dev wan0 nodad"
     ));
     let path = format!("/run/netns/{ns}");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -55,21 +57,11 @@ pub fn build_world() -> Internet {
         // SAFETY: setns on a namespace fd we hold open; it changes only this thread.
         let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        let l = TcpListener::bind("203.0.113.2:8000").expect("echo server");
+        let v4 = TcpListener::bind("203.0.113.2:8000").expect("echo server");
+        let v6 = TcpListener::bind("[2001:db8::2]:8000").expect("echo server");
         tx.send(()).unwrap();
-        for mut c in l.incoming().flatten() {
-            let peer = c
-                .peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default();
-            let mut buf = [0u8; 2048];
-            let _ = c.read(&mut buf);
-            let _ = write!(
-                c,
-                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{peer}",
-                peer.len()
-            );
-        }
+        std::thread::spawn(move || echo(v6));
+        echo(v4);
     });
     rx.recv().unwrap();
     let path = format!("/run/netns/{ns}");
@@ -85,6 +77,23 @@ pub fn build_world() -> Internet {
     });
     rx.recv().unwrap();
     inet
+}
+
+/// Answers every HTTP request with the source address it came from.
+fn echo(l: TcpListener) {
+    for mut c in l.incoming().flatten() {
+        let peer = c
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let mut buf = [0u8; 2048];
+        let _ = c.read(&mut buf);
+        let _ = write!(
+            c,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{peer}",
+            peer.len()
+        );
+    }
 }
 
 /// The internet's resolver (`hangar server --dns-upstream`): it knows one name.
@@ -184,7 +193,16 @@ pub fn fetch(w: &World, app: &str, id: &str, host: &str, port: u16, path: &str) 
 
 /// What the internet's echo server sees as the machine's source address.
 pub fn seen_from(w: &World, id: &str) -> String {
-    let out = fetch(w, APP, id, "203.0.113.2", 8000, "/");
+    seen_at(w, id, "203.0.113.2")
+}
+
+/// The same over IPv6.
+pub fn seen_from6(w: &World, id: &str) -> String {
+    seen_at(w, id, "2001:db8::2")
+}
+
+fn seen_at(w: &World, id: &str, server: &str) -> String {
+    let out = fetch(w, APP, id, server, 8000, "/");
     assert_eq!(out["exit_code"], 0, "{out}");
     stdout(&out).lines().last().unwrap_or_default().to_string()
 }
