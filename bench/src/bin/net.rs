@@ -253,6 +253,9 @@ fn main() -> anyhow::Result<()> {
         (&plain, &plain_id),
     ] {
         s.delete(&format!("/v1/apps/{APP}/machines/{id}?force=true"));
+        // Destroyed, not just asked: the server is gone next, and with it whoever would
+        // unplug the machine.
+        s.wait_state(APP, id, "destroyed");
     }
     Ok(())
 }

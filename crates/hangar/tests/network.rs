@@ -178,6 +178,7 @@ fn private_network_nat_and_egress_ips() {
         .server
         .delete(&format!("/v1/apps/{APP}/machines/{c}?force=true"));
     assert_eq!(r.status, 200, "{r:?}");
+    w.server.wait_state(APP, &c, "destroyed");
 
     // The host's own services are off limits.
     let host_service = TcpListener::bind("[::]:0").unwrap();
@@ -285,6 +286,34 @@ fn private_network_nat_and_egress_ips() {
     assert_eq!(before.0, after.0, "interfaces left behind");
     assert_eq!(before.1, after.1, "addresses left behind");
     assert_eq!(before.2, after.2, "rules left behind");
+}
+
+#[test]
+fn an_ipv6_egress_ip_is_the_source_of_outbound_ipv6() {
+    let _internet = build_world();
+    let w = World::with_server_args(&["--private-network", "--egress-ip-pool", "2001:db8:e::/126"]);
+    let id = w.run("sleep 100000", json!({}));
+    assert_eq!(seen_from6(&w, &id), "2001:db8::1");
+    let path = format!("/v1/apps/{APP}/machines/{id}/egress_ips");
+    let r = w.server.post(&path, json!({}));
+    assert_eq!(r.status, 201, "{r:?}");
+    let ip = r.body["ip"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("2001:db8:e::"), "{ip}");
+    assert_eq!(seen_from6(&w, &id), ip);
+    // IPv4 has no pool here: it still leaves with the host's address.
+    assert_eq!(seen_from(&w, &id), "203.0.113.1");
+    // One address per family: a second allocation has nothing to give.
+    let r = w.server.post(&path, json!({}));
+    assert_eq!(r.status, 409, "{r:?}");
+    let r = w.server.delete(&format!("{path}/{ip}"));
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(seen_from6(&w, &id), "2001:db8::1");
+    let r = w
+        .server
+        .delete(&format!("/v1/apps/{APP}/machines/{id}?force=true"));
+    assert_eq!(r.status, 200, "{r:?}");
+    w.server.wait_state(APP, &id, "destroyed");
+    assert!(!std::path::Path::new(&format!("/run/netns/hangar-{id}")).exists());
 }
 
 #[test]

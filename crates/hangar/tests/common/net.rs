@@ -48,7 +48,8 @@ pub fn build_world() -> Internet {
          ip -n {ns} link set lo up && ip -n {ns} addr add 203.0.113.2/24 dev wan0 && \
          ip -n {ns} link set wan0 up && ip -n {ns} route add 198.51.100.0/24 via 203.0.113.1 && \
          ip addr add 2001:db8::1/64 dev up0 nodad && ip -6 route add default via 2001:db8::2 && \
-         ip -n {ns} addr add 2001:db8::2/64 dev wan0 nodad"
+         ip -n {ns} addr add 2001:db8::2/64 dev wan0 nodad && \
+         ip -n {ns} -6 route add 2001:db8:e::/64 via 2001:db8::1"
     ));
     let path = format!("/run/netns/{ns}");
     let (tx, rx) = std::sync::mpsc::channel();
