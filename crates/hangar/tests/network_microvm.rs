@@ -1,8 +1,7 @@
 //! The private network, NAT and static egress IPs with microVMs: each VM's virtio-net device
 //! sits on a tap device on the bridge, and `hangar-init` configures it inside the guest. See
 //! `common::net` for the world the tests build in network namespaces, and `network.rs` for the
-//! same network with sandboxes (isolation between organisations, the host's services, bad
-//! input).
+//! same network with sandboxes (the host's services, every DNS name, bad input).
 
 mod common;
 
@@ -62,6 +61,48 @@ fn microvms_reach_each_other_the_internet_and_keep_their_addresses() {
         .text()
         .unwrap();
     assert!(body.contains(&ip1), "{body}");
+
+    // The internal DNS, by name.
+    let mut got = lookup(&w, APP, &a2, &format!("-type=AAAA {APP}.internal")).unwrap();
+    got.sort();
+    let mut both = vec![ip1.clone(), ip2.clone()];
+    both.sort();
+    assert_eq!(got, both);
+    let out = fetch(
+        &w,
+        APP,
+        &a2,
+        &format!("{a1}.vm.{APP}.internal"),
+        8080,
+        "/hosts",
+    );
+    assert_eq!(out["exit_code"], 0, "{out}");
+
+    // A microVM of another organisation reaches neither the machine nor its name.
+    let r = w.server.post(
+        "/v1/apps",
+        json!({ "name": "other-app", "org_slug": "other-org" }),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let b = w.server.create_machine(
+        "other-app",
+        json!({ "config": { "image": w.image, "init": { "cmd": ["sleep", "100000"] } } }),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.server.wait_state("other-app", &b, "started");
+    let out = fetch(&w, "other-app", &b, &ip1, 8080, "/hosts");
+    assert_ne!(
+        out["exit_code"], 0,
+        "another org reached the machine: {out}"
+    );
+    assert!(lookup(&w, "other-app", &b, &format!("-type=AAAA {APP}.internal")).is_err());
+    let r = w
+        .server
+        .delete(&format!("/v1/apps/other-app/machines/{b}?force=true"));
+    assert_eq!(r.status, 200, "{r:?}");
+    w.server.wait_state("other-app", &b, "destroyed");
 
     // Outbound through NAT, with the host's address; then with an egress IP of its own.
     assert_eq!(seen_from(&w, &a2), "203.0.113.1");
