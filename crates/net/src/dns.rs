@@ -5,7 +5,6 @@
 //! organisation cannot enumerate another's apps; queries from the host itself see every app.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -359,16 +358,19 @@ impl RequestHandler for Dns {
 /// The host's resolvers, from `/etc/resolv.conf` (port 53); the machines' queries for names
 /// outside `.internal` go there, never to a resolver Hangar picked.
 pub fn host_resolvers() -> Vec<SocketAddr> {
-    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            (w.next() == Some("nameserver")).then(|| w.next()).flatten()
-        })
-        .filter_map(|a| IpAddr::from_str(a.split('%').next().unwrap_or(a)).ok())
-        .filter(|a| *a != IpAddr::V6(DNS6))
-        .map(|a| SocketAddr::new(a, 53))
-        .collect()
+    let Ok((config, _)) = hickory_resolver::system_conf::read_system_conf() else {
+        return Vec::new();
+    };
+    let mut addrs: Vec<SocketAddr> = config
+        .name_servers()
+        .iter()
+        .map(|n| n.socket_addr)
+        // Never forward to ourselves.
+        .filter(|a| a.ip() != IpAddr::V6(DNS6))
+        .collect();
+    // Each server is listed once for UDP and once for TCP.
+    addrs.dedup();
+    addrs
 }
 
 /// Serves DNS on `[fdaa::3]:53` (UDP and TCP) until the runtime shuts down.

@@ -77,8 +77,10 @@ pub struct Network {
     cfg: NetConfig,
     db: Mutex<rusqlite::Connection>,
     store: Arc<Store>,
-    /// The ruleset last loaded: a start whose machine changes nothing in it skips `nft`.
-    rules: Mutex<String>,
+    /// Whether the loaded ruleset lags the records (a new machine's addresses), so that a start
+    /// that changes nothing in it skips `nft`. Held while a ruleset is rendered and loaded, so
+    /// an older rendering never replaces a newer one.
+    rules_stale: Mutex<bool>,
 }
 
 /// The organisation's /48 in `fdaa::/16`, derived from its slug so that every host agrees.
@@ -109,15 +111,6 @@ fn machine_ip6(prefix: Ipv6Net, machine_id: &str, attempt: u32) -> Ipv6Addr {
     Ipv6Addr::from(net | u128::from(u64::from_be_bytes(iid)))
 }
 
-/// A locally administered unicast MAC for the bridge, stable per bridge name.
-fn bridge_mac(bridge: &str) -> String {
-    let h = Sha256::digest(bridge.as_bytes());
-    format!(
-        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        h[0], h[1], h[2], h[3], h[4]
-    )
-}
-
 /// The host side of a machine's veth pair (interface names are at most 15 bytes).
 pub fn host_ifname(machine_id: &str) -> String {
     let h = Sha256::digest(machine_id.as_bytes());
@@ -125,10 +118,20 @@ pub fn host_ifname(machine_id: &str) -> String {
     format!("hv{hex}")
 }
 
-/// The machine's MAC address on the private network (a microVM's virtio-net device): locally
-/// administered, unicast, from a hash of the machine id, so it is the same on every boot.
+/// The machine's MAC address on the private network (a microVM's virtio-net device), the same
+/// on every boot.
 pub fn mac_address(machine_id: &str) -> String {
-    let h = Sha256::digest(format!("mac/{machine_id}").as_bytes());
+    stable_mac(&format!("mac/{machine_id}"))
+}
+
+/// The bridge's MAC address, stable per bridge name.
+fn bridge_mac(bridge: &str) -> String {
+    stable_mac(&format!("bridge/{bridge}"))
+}
+
+/// A locally administered unicast MAC from a hash of `seed`.
+fn stable_mac(seed: &str) -> String {
+    let h = Sha256::digest(seed.as_bytes());
     let mut mac = [0u8; 6];
     mac.copy_from_slice(&h[..6]);
     mac[0] = (mac[0] & 0xfc) | 0x02;
@@ -184,7 +187,7 @@ impl Network {
             cfg,
             db: Mutex::new(conn),
             store,
-            rules: Mutex::new(String::new()),
+            rules_stale: Mutex::new(true),
         };
         net.setup_host()?;
         net.drop_forgotten()?;
@@ -280,6 +283,19 @@ impl Network {
 
     /// Rebuilds Hangar's nftables tables from the recorded state, atomically.
     pub fn apply_rules(&self) -> Result<(), NetError> {
+        self.load_rules(true)
+    }
+
+    /// Loads the ruleset if the records have moved on since it was last loaded.
+    fn refresh_rules(&self) -> Result<(), NetError> {
+        self.load_rules(false)
+    }
+
+    fn load_rules(&self, always: bool) -> Result<(), NetError> {
+        let mut stale = self.rules_stale.lock().unwrap_or_else(|p| p.into_inner());
+        if !always && !*stale {
+            return Ok(());
+        }
         let (atts, egress) = {
             let db = self.db();
             (db::attachments(&db)?, db::all_egress(&db)?)
@@ -291,11 +307,8 @@ impl Network {
             egress: &egress,
             allow_host_ports: &self.cfg.allow_host_ports,
         });
-        let mut loaded = self.rules.lock().unwrap_or_else(|p| p.into_inner());
-        if *loaded != text {
-            cmd::nft(&text)?;
-            *loaded = text;
-        }
+        cmd::nft(&text)?;
+        *stale = false;
         Ok(())
     }
 
@@ -321,6 +334,18 @@ impl Network {
             .map(|a| a.org_slug)
             .unwrap_or_else(|| "personal".to_string());
         let prefix = org_prefix(&org);
+        let made = self.insert_attachment(machine_id, &org, prefix)?;
+        // After the records' lock is released: `load_rules` takes the two the other way round.
+        *self.rules_stale.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        Ok(made)
+    }
+
+    fn insert_attachment(
+        &self,
+        machine_id: &str,
+        org: &str,
+        prefix: Ipv6Net,
+    ) -> Result<Attachment, NetError> {
         let db = self.db();
         let used4 = db::used_ip4(&db)?;
         let gw = self.gateway4();
@@ -338,7 +363,7 @@ impl Network {
         for attempt in 0..16 {
             let a = Attachment {
                 machine_id: machine_id.to_string(),
-                org: org.clone(),
+                org: org.to_string(),
                 ip6: machine_ip6(prefix, machine_id, attempt),
                 ip4,
             };
@@ -370,7 +395,7 @@ impl Network {
                 guest: self.guest_network(&a),
             }),
         }
-        .and_then(|attach| self.apply_rules().map(|()| attach));
+        .and_then(|attach| self.refresh_rules().map(|()| attach));
         match result {
             Ok(attach) => Ok((attach, a)),
             Err(e) => {
@@ -421,7 +446,9 @@ impl Network {
             return cmd::ip(&["link", "set", &tap, "master", &self.cfg.bridge, "up"]);
         }
         self.attachment(machine_id)?;
-        let made = self.plumb_tap(machine_id).and_then(|()| self.apply_rules());
+        let made = self
+            .plumb_tap(machine_id)
+            .and_then(|()| self.refresh_rules());
         if made.is_err() {
             self.unplumb(machine_id);
         }

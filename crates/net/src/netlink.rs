@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use futures::TryStreamExt;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -134,32 +134,35 @@ async fn in_new_namespace(plan: &VethPlan<'_>) -> Result<(), NetError> {
         .execute()
         .await
         .map_err(err("interface up"))?;
-    let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
-        .output_interface(eth)
-        .gateway(plan.gateway4)
-        .build();
-    inside
-        .route()
-        .add(v4)
-        .execute()
-        .await
-        .map_err(err("IPv4 default route"))?;
-    let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
-        .output_interface(eth)
-        .gateway(plan.gateway6)
-        .build();
-    inside
-        .route()
-        .add(v6)
-        .execute()
-        .await
-        .map_err(err("IPv6 default route"))?;
+    for (route, what) in [
+        (
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .output_interface(eth)
+                .gateway(plan.gateway4)
+                .build(),
+            "IPv4 default route",
+        ),
+        (
+            RouteMessageBuilder::<Ipv6Addr>::new()
+                .output_interface(eth)
+                .gateway(plan.gateway6)
+                .build(),
+            "IPv6 default route",
+        ),
+    ] {
+        inside
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(err(what))?;
+    }
     Ok(())
 }
 
-/// Unpins a namespace made by [`plumb_veth`] (its veth pair goes with it once nothing runs in
-/// it) and removes the host end if it is still there.
-pub fn remove(netns: &PathBuf) {
+/// Unpins a namespace made by [`plumb_veth`]; its veth pair goes with it once nothing runs in
+/// it.
+pub fn remove(netns: &Path) {
     if netns.exists() {
         let _ = umount2(netns, MntFlags::MNT_DETACH);
         let _ = std::fs::remove_file(netns);
