@@ -2,32 +2,12 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::{World, APP};
-
-fn hangar(w: &World, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hangar"))
-        .args(args)
-        .env("HANGAR_API_URL", w.server.url())
-        .env("HANGAR_API_TOKEN", w.server.token())
-        .env_remove("HANGAR_APP")
-        .output()
-        .expect("hangar runs")
-}
-
-fn ok(w: &World, args: &[&str]) -> String {
-    let out = hangar(w, args);
-    assert!(
-        out.status.success(),
-        "hangar {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{hangar, hangar_ok, World, APP};
 
 fn fails(w: &World, args: &[&str]) -> String {
-    let out = hangar(w, args);
+    let out = hangar(&w.server, args);
     assert!(!out.status.success(), "hangar {args:?} should fail");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(
@@ -41,11 +21,11 @@ fn fails(w: &World, args: &[&str]) -> String {
 #[test]
 fn apps_and_machines_end_to_end() {
     let w = World::new();
-    assert!(ok(&w, &["apps", "create", "cli-app"]).contains("cli-app"));
-    assert!(ok(&w, &["apps", "list"]).contains("cli-app"));
+    assert!(hangar_ok(&w.server, &["apps", "create", "cli-app"]).contains("cli-app"));
+    assert!(hangar_ok(&w.server, &["apps", "list"]).contains("cli-app"));
 
-    let out = ok(
-        &w,
+    let out = hangar_ok(
+        &w.server,
         &[
             "machine",
             "run",
@@ -63,11 +43,11 @@ fn apps_and_machines_end_to_end() {
         ],
     );
     assert!(out.contains("is started"), "{out}");
-    let id = ok(&w, &["machine", "list", "-a", "cli-app", "-q"])
+    let id = hangar_ok(&w.server, &["machine", "list", "-a", "cli-app", "-q"])
         .trim()
         .to_string();
     assert_eq!(id.len(), 14, "{id}");
-    let table = ok(&w, &["m", "list", "-a", "cli-app"]);
+    let table = hangar_ok(&w.server, &["m", "list", "-a", "cli-app"]);
     assert!(table.starts_with("ID"), "{table}");
     assert!(
         table.contains("web") && table.contains("started"),
@@ -75,7 +55,7 @@ fn apps_and_machines_end_to_end() {
     );
 
     let out = hangar(
-        &w,
+        &w.server,
         &[
             "machine",
             "exec",
@@ -95,27 +75,30 @@ fn apps_and_machines_end_to_end() {
         "exec passes the exit code through"
     );
 
-    let status = ok(&w, &["machine", "status", &id, "-a", "cli-app"]);
+    let status = hangar_ok(&w.server, &["machine", "status", &id, "-a", "cli-app"]);
     assert!(
         status.contains("started") && status.contains("launch"),
         "{status}"
     );
 
-    ok(
-        &w,
+    hangar_ok(
+        &w.server,
         &[
             "machine", "stop", &id, "-a", "cli-app", "--signal", "SIGKILL",
         ],
     );
     w.server.wait_state("cli-app", &id, "stopped");
-    ok(&w, &["machine", "start", &id, "-a", "cli-app"]);
+    hangar_ok(&w.server, &["machine", "start", &id, "-a", "cli-app"]);
     w.server.wait_state("cli-app", &id, "started");
     let err = fails(&w, &["machine", "destroy", &id, "-a", "cli-app"]);
     assert!(err.contains("force"), "{err}");
-    ok(&w, &["machine", "destroy", &id, "-a", "cli-app", "--force"]);
+    hangar_ok(
+        &w.server,
+        &["machine", "destroy", &id, "-a", "cli-app", "--force"],
+    );
     assert!(w.server.leftovers(&id).is_empty());
-    ok(&w, &["apps", "destroy", "cli-app"]);
-    assert!(!ok(&w, &["apps", "list"]).contains("cli-app"));
+    hangar_ok(&w.server, &["apps", "destroy", "cli-app"]);
+    assert!(!hangar_ok(&w.server, &["apps", "list"]).contains("cli-app"));
 }
 
 #[test]
@@ -147,7 +130,7 @@ fn errors_are_one_clear_line() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("token"));
-    let out = hangar(&w, &["machine", "frobnicate"]);
+    let out = hangar(&w.server, &["machine", "frobnicate"]);
     assert!(!out.status.success(), "unknown subcommands fail");
 }
 
@@ -159,14 +142,14 @@ fn image_import_from_a_layout_directory() {
     hangar_testkit::image::ImageBuilder::busybox()
         .env("LAYOUT", "1")
         .write_oci_layout(&layout, "layout-img:1");
-    let out = ok(
-        &w,
+    let out = hangar_ok(
+        &w.server,
         &["image", "import", layout.to_str().unwrap(), "layout-img:1"],
     );
     assert!(out.contains("layout-img"), "{out}");
-    assert!(ok(&w, &["image", "list"]).contains("layout-img"));
-    let out = ok(
-        &w,
+    assert!(hangar_ok(&w.server, &["image", "list"]).contains("layout-img"));
+    let out = hangar_ok(
+        &w.server,
         &[
             "machine",
             "run",

@@ -5,33 +5,13 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::{World, APP};
+use common::{hangar, hangar_ok, World, APP};
 use hangar_testkit::image::{Compression, ImageBuilder, Layer};
 use hangar_testkit::registry::Registry;
 use hangar_testkit::server::TestServer;
 use serde_json::{json, Value};
-
-fn hangar(server: &TestServer, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hangar"))
-        .args(args)
-        .env("HANGAR_API_URL", server.url())
-        .env("HANGAR_API_TOKEN", server.token())
-        .env_remove("HANGAR_REGISTRY_AUTH")
-        .output()
-        .expect("hangar runs")
-}
-
-fn ok(server: &TestServer, args: &[&str]) -> String {
-    let out = hangar(server, args);
-    assert!(
-        out.status.success(),
-        "hangar {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn references(server: &TestServer) -> Vec<String> {
     let mut v: Vec<String> = server
@@ -125,8 +105,8 @@ fn image_endpoints_and_commands() {
     let r = w.server.post("/v1/images/pull", json!({ "image": keep }));
     assert_eq!(r.status, 200, "{r:?}");
     let keep_digest = r.body["digest"].as_str().unwrap().to_string();
-    assert!(ok(&w.server, &["image", "pull", &drop]).contains("Pulled"));
-    let listed = ok(&w.server, &["image", "ls"]);
+    assert!(hangar_ok(&w.server, &["image", "pull", &drop]).contains("Pulled"));
+    let listed = hangar_ok(&w.server, &["image", "ls"]);
     assert!(listed.contains(&keep) && listed.contains(&drop), "{listed}");
 
     // Inspect: config, layers, sizes.
@@ -140,7 +120,8 @@ fn image_endpoints_and_commands() {
             && l["compressed_size"].as_i64().unwrap() > 0));
     assert_eq!(layers[1]["size"], 1);
     assert_eq!(r.body["references"], json!([drop]));
-    let cli: Value = serde_json::from_str(&ok(&w.server, &["image", "inspect", &keep])).unwrap();
+    let cli: Value =
+        serde_json::from_str(&hangar_ok(&w.server, &["image", "inspect", &keep])).unwrap();
     assert_eq!(cli["digest"], keep_digest.as_str());
     assert_eq!(cli["config"]["config"]["Labels"]["role"], "keep");
 
@@ -167,7 +148,7 @@ fn image_endpoints_and_commands() {
     assert_eq!(r.body["references"], json!([drop]));
     assert_eq!(r.body["layers"], 1);
     assert_eq!(references(&w.server), std::slice::from_ref(&keep));
-    assert!(ok(&w.server, &["image", "prune"]).contains("Removed 0 image(s)"));
+    assert!(hangar_ok(&w.server, &["image", "prune"]).contains("Removed 0 image(s)"));
     let again = w
         .server
         .post(&format!("/v1/apps/{APP}/machines/{id}/start"), json!({}));
@@ -234,7 +215,7 @@ fn image_endpoints_and_commands() {
         .server
         .delete(&format!("/v1/apps/{APP}/machines/{id}?force=true"));
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(ok(&w.server, &["image", "rm", &keep]).contains("Removed"));
+    assert!(hangar_ok(&w.server, &["image", "rm", &keep]).contains("Removed"));
     assert_eq!(references(&w.server), [secret]);
 }
 

@@ -4,6 +4,7 @@
 
 pub mod net;
 
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use hangar_testkit::image::ImageBuilder;
@@ -144,6 +145,30 @@ impl World {
             "machine {id} left things behind: {left:#?}"
         );
     }
+}
+
+/// The `hangar` CLI against `server`, with nothing from the test's own environment that would
+/// change what it does.
+pub fn hangar(server: &TestServer, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(args)
+        .env("HANGAR_API_URL", server.url())
+        .env("HANGAR_API_TOKEN", server.token())
+        .env_remove("HANGAR_APP")
+        .env_remove("HANGAR_REGISTRY_AUTH")
+        .output()
+        .expect("hangar runs")
+}
+
+/// As [`hangar`], which must succeed; its stdout.
+pub fn hangar_ok(server: &TestServer, args: &[&str]) -> String {
+    let out = hangar(server, args);
+    assert!(
+        out.status.success(),
+        "hangar {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub fn merge(base: &mut Value, extra: Value) {

@@ -51,6 +51,24 @@ pub fn build_world() -> Internet {
          ip -n {ns} addr add 2001:db8::2/64 dev wan0 nodad && \
          ip -n {ns} -6 route add 2001:db8:e::/64 via 2001:db8::1"
     ));
+    in_netns(&ns, || {
+        let v4 = TcpListener::bind("203.0.113.2:8000").expect("echo server");
+        let v6 = TcpListener::bind("[2001:db8::2]:8000").expect("echo server");
+        move || {
+            std::thread::spawn(move || echo(v6));
+            echo(v4);
+        }
+    });
+    in_netns(&ns, || {
+        let sock = std::net::UdpSocket::bind(UPSTREAM_DNS).expect("upstream DNS");
+        move || upstream_dns(sock)
+    });
+    inet
+}
+
+/// Runs a server on a thread of its own in the named namespace: `bind` makes its sockets
+/// there and returns what serves them; this returns once they are bound.
+fn in_netns<S: FnOnce() + 'static>(ns: &str, bind: impl FnOnce() -> S + Send + 'static) {
     let path = format!("/run/netns/{ns}");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -58,26 +76,69 @@ pub fn build_world() -> Internet {
         // SAFETY: setns on a namespace fd we hold open; it changes only this thread.
         let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        let v4 = TcpListener::bind("203.0.113.2:8000").expect("echo server");
-        let v6 = TcpListener::bind("[2001:db8::2]:8000").expect("echo server");
+        let serve = bind();
         tx.send(()).unwrap();
-        std::thread::spawn(move || echo(v6));
-        echo(v4);
+        serve();
     });
     rx.recv().unwrap();
-    let path = format!("/run/netns/{ns}");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).expect("internet netns");
-        // SAFETY: as above.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        let sock = std::net::UdpSocket::bind(UPSTREAM_DNS).expect("upstream DNS");
-        tx.send(()).unwrap();
-        upstream_dns(sock);
-    });
-    rx.recv().unwrap();
-    inet
+}
+
+/// Two started machines of the test's app, and their private addresses.
+pub struct Pair {
+    /// Serves its `/etc` over HTTP on port 8080.
+    pub a1: String,
+    /// Idle.
+    pub a2: String,
+    pub ip1: String,
+    pub ip2: String,
+}
+
+/// Starts a [`Pair`] and checks what every runtime must give it: distinct addresses in one
+/// organisation /48, a2 reaching a1 by private IP, the host reaching a1, and both machines
+/// answering for `<app>.internal`.
+pub fn talking_pair(w: &World) -> Pair {
+    let a1 = w.run("httpd -f -p 8080 -h /etc", json!({}));
+    let a2 = w.run("sleep 100000", json!({}));
+    let ip1 = private_ip(w, APP, &a1);
+    let ip2 = private_ip(w, APP, &a2);
+    assert_ne!(ip1, ip2);
+    let prefix = |ip: &str| ip.split(':').take(3).collect::<Vec<_>>().join(":");
+    assert_eq!(prefix(&ip1), prefix(&ip2), "one organisation, one /48");
+
+    // The page is the server's /etc/hosts, which names it.
+    let out = fetch(w, APP, &a2, &ip1, 8080, "/hosts");
+    assert_eq!(out["exit_code"], 0, "{out}");
+    assert!(stdout(&out).contains(&ip1), "{out}");
+    let body = reqwest::blocking::get(format!("http://[{ip1}]:8080/hosts"))
+        .expect("host reaches the machine")
+        .text()
+        .unwrap();
+    assert!(body.contains(&ip1), "{body}");
+
+    let mut both = vec![ip1.clone(), ip2.clone()];
+    both.sort();
+    let mut got = lookup(w, APP, &a2, &format!("-type=AAAA {APP}.internal")).unwrap();
+    got.sort();
+    assert_eq!(got, both);
+    Pair { a1, a2, ip1, ip2 }
+}
+
+/// A machine of app `other-app` in organisation `other-org`, started.
+pub fn other_org_machine(w: &World) -> String {
+    let r = w.server.post(
+        "/v1/apps",
+        json!({ "name": "other-app", "org_slug": "other-org" }),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let b = w.server.create_machine(
+        "other-app",
+        json!({ "config": { "image": w.image, "init": { "cmd": ["sleep", "100000"] } } }),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.server.wait_state("other-app", &b, "started");
+    b
 }
 
 /// Answers every HTTP request with the source address it came from.
