@@ -224,17 +224,7 @@ fn private_network_nat_and_egress_ips() {
     );
 
     // Destroy leaves nothing behind.
-    for (app, id) in [(APP, &a1), (APP, &a2), ("other-app", &b)] {
-        let r = w
-            .server
-            .delete(&format!("/v1/apps/{app}/machines/{id}?force=true"));
-        assert_eq!(r.status, 200, "{r:?}");
-        w.server.wait_state(app, id, "destroyed");
-    }
-    let after = snapshot();
-    assert_eq!(before.0, after.0, "interfaces left behind");
-    assert_eq!(before.1, after.1, "addresses left behind");
-    assert_eq!(before.2, after.2, "rules left behind");
+    destroy_leaves_nothing(&w, &[(APP, &a1), (APP, &a2), ("other-app", &b)], before);
 }
 
 #[test]

@@ -126,15 +126,5 @@ fn microvms_reach_each_other_the_internet_and_keep_their_addresses() {
     assert_eq!(snapshot().0, links, "a failed boot left an interface");
 
     // Destroy leaves nothing behind: no tap, address or rule.
-    for id in [&a1, &a2, &big] {
-        let r = w
-            .server
-            .delete(&format!("/v1/apps/{APP}/machines/{id}?force=true"));
-        assert_eq!(r.status, 200, "{r:?}");
-        w.server.wait_state(APP, id, "destroyed");
-    }
-    let after = snapshot();
-    assert_eq!(before.0, after.0, "interfaces left behind");
-    assert_eq!(before.1, after.1, "addresses left behind");
-    assert_eq!(before.2, after.2, "rules left behind");
+    destroy_leaves_nothing(&w, &[(APP, &a1), (APP, &a2), (APP, &big)], before);
 }

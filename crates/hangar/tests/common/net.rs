@@ -123,6 +123,26 @@ pub fn talking_pair(w: &World) -> Pair {
     Pair { a1, a2, ip1, ip2 }
 }
 
+/// Destroys `machines` (app, id) and checks that the host's networking is as it was `before`:
+/// no interface, address or rule left behind.
+pub fn destroy_leaves_nothing(
+    w: &World,
+    machines: &[(&str, &str)],
+    before: (String, String, String),
+) {
+    for (app, id) in machines {
+        let r = w
+            .server
+            .delete(&format!("/v1/apps/{app}/machines/{id}?force=true"));
+        assert_eq!(r.status, 200, "{r:?}");
+        w.server.wait_state(app, id, "destroyed");
+    }
+    let after = snapshot();
+    assert_eq!(before.0, after.0, "interfaces left behind");
+    assert_eq!(before.1, after.1, "addresses left behind");
+    assert_eq!(before.2, after.2, "rules left behind");
+}
+
 /// A machine of app `other-app` in organisation `other-org`, started.
 pub fn other_org_machine(w: &World) -> String {
     let r = w.server.post(
