@@ -288,7 +288,9 @@ impl Dns {
         }
     }
 
-    async fn answer(&self, request: &Request) -> Result<(Name, Found), ResponseCode> {
+    /// The records for the request's name, and whether Hangar is the authority for it (an
+    /// `.internal` name) rather than a forwarder.
+    async fn answer(&self, request: &Request) -> Result<(Name, Found, bool), ResponseCode> {
         if request.op_code() != OpCode::Query || request.message_type() != MessageType::Query {
             return Err(ResponseCode::NotImp);
         }
@@ -302,12 +304,14 @@ impl Dns {
         let org = self
             .org_of(request.src().ip())
             .map_err(|()| ResponseCode::Refused)?;
-        let found = match Internal::parse(&name.to_ascii()) {
+        let internal = Internal::parse(&name.to_ascii());
+        let authoritative = internal.is_some();
+        let found = match internal {
             Some(Some(q)) => self.internal(&q, rtype, org.as_deref()),
             Some(None) => Found::NoSuchName,
             None => self.forward(&name, rtype).await?,
         };
-        Ok((name, found))
+        Ok((name, found, authoritative))
     }
 }
 
@@ -323,8 +327,8 @@ impl RequestHandler for Dns {
         header.set_recursion_available(true);
         let result = self.answer(request).await;
         let sent = match result {
-            Ok((name, found)) => {
-                header.set_authoritative(Internal::parse(&name.to_ascii()).is_some());
+            Ok((name, found, authoritative)) => {
+                header.set_authoritative(authoritative);
                 let records: Vec<Record> = match found {
                     Found::Records(rdata) => rdata
                         .into_iter()
