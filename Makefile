@@ -17,7 +17,10 @@ init:
 
 build: deps init
 	$(CARGO) build --release -p hangar -p hangar-testkit
-	cp $(INIT) target/release/hangar-init
+	@# By rename, never in place: running machines execute the installed init, and writing
+	@# over a running binary fails with "Text file busy".
+	cp $(INIT) target/release/.hangar-init.new
+	mv -f target/release/.hangar-init.new target/release/hangar-init
 
 build-debug: deps init
 	$(CARGO) build -p hangar -p hangar-testkit

@@ -51,6 +51,9 @@ impl From<StoreError> for AgentError {
             }
             StoreError::StaleVersion { .. } => AgentError::FailedPrecondition(e.to_string()),
             StoreError::LeaseHeld { .. } => AgentError::Conflict(e.to_string()),
+            StoreError::InsufficientCapacity { .. } => {
+                AgentError::InsufficientCapacity(e.to_string())
+            }
             other => AgentError::Internal(other.to_string()),
         }
     }

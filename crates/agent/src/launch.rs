@@ -18,7 +18,10 @@ pub(crate) struct Identity<'a> {
     pub machine_id: &'a str,
     pub region: &'a str,
     pub instance_id: &'a str,
+    /// The image reference the machine was made from, normalized (`FLY_IMAGE_REF`).
     pub image_ref: &'a str,
+    /// The machine's address on the private network, when it has one (`FLY_PRIVATE_IP`).
+    pub private_ip: Option<&'a str>,
     /// The app's secrets, opened; handed over as variables and files.
     pub secrets: &'a Opened,
 }
@@ -77,6 +80,9 @@ pub(crate) fn process_spec(
     env.set("FLY_IMAGE_REF", who.image_ref);
     env.set("FLY_MACHINE_VERSION", who.instance_id);
     env.set("FLY_VM_MEMORY_MB", &memory_mb);
+    if let Some(ip) = who.private_ip {
+        env.set("FLY_PRIVATE_IP", ip);
+    }
     if let Some(group) = config.metadata.get("fly_process_group") {
         env.set("FLY_PROCESS_GROUP", group);
     }
@@ -88,7 +94,7 @@ pub(crate) fn process_spec(
             FieldRef::Id => who.machine_id,
             FieldRef::Version => who.instance_id,
             FieldRef::AppName => who.app,
-            FieldRef::PrivateIp => "",
+            FieldRef::PrivateIp => who.private_ip.unwrap_or_default(),
             FieldRef::Region => who.region,
             FieldRef::Image => who.image_ref,
         };
@@ -187,6 +193,7 @@ mod tests {
         region: "local",
         instance_id: "01JV",
         image_ref: "registry/img:1",
+        private_ip: None,
         secrets: &NO_SECRETS,
     };
 
@@ -361,5 +368,27 @@ mod tests {
         assert!(launch_spec(&c, &image(), &who)
             .unwrap_err()
             .contains("NOPE"));
+    }
+
+    #[test]
+    fn private_ip_is_set_when_the_machine_has_one() {
+        let c = config(
+            r#"{"image":"x","processes":[{"env_from":[{"env_var":"MY_IP","field_ref":"private_ip"}]}]}"#,
+        );
+        let p = process_spec(&c, &image(), &WHO).unwrap();
+        assert_eq!(env_of(&p, "FLY_PRIVATE_IP"), None, "no network, no address");
+        assert_eq!(env_of(&p, "MY_IP").as_deref(), Some(""));
+
+        let who = Identity {
+            private_ip: Some("fdaa:0:1::2"),
+            ..WHO
+        };
+        let p = process_spec(&c, &image(), &who).unwrap();
+        assert_eq!(env_of(&p, "FLY_PRIVATE_IP").as_deref(), Some("fdaa:0:1::2"));
+        assert_eq!(env_of(&p, "MY_IP").as_deref(), Some("fdaa:0:1::2"));
+        assert_eq!(
+            env_of(&p, "FLY_IMAGE_REF").as_deref(),
+            Some("registry/img:1")
+        );
     }
 }

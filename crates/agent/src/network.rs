@@ -28,17 +28,6 @@ pub trait PrivateNetwork: Send + Sync + 'static {
 }
 
 impl Agent {
-    /// What the private network has to say about a config, before anything is recorded.
-    pub(crate) fn check_network_config(
-        &self,
-        config: &hangar_types::MachineConfig,
-    ) -> Result<(), AgentError> {
-        match &self.inner.network {
-            Some(net) => net.check_config(config),
-            None => Ok(()),
-        }
-    }
-
     fn network(&self) -> Result<&dyn PrivateNetwork, AgentError> {
         self.inner.network.as_deref().ok_or_else(|| {
             AgentError::FailedPrecondition(

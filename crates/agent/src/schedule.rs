@@ -9,7 +9,6 @@ use hangar_types::MachineState;
 use tracing::{info, warn};
 
 use crate::events::now_ms;
-use crate::machine::Command;
 use crate::Inner;
 
 /// How often the scheduler looks; a scheduled start is at most this late.
@@ -30,7 +29,12 @@ pub(crate) fn period_hours(schedule: &str) -> Option<u64> {
 pub(crate) async fn run(inner: Arc<Inner>, hour: Duration) {
     let hour_ms = hour.as_millis().max(1) as i64;
     // The period each machine was last seen in; a machine starts when it enters a new one.
-    let mut seen: HashMap<String, i64> = HashMap::new();
+    // Kept in the store: a restarted server neither starts a machine twice in one period nor
+    // skips the period it was down in.
+    let mut seen: HashMap<String, i64> = inner.store.schedule_seen().unwrap_or_else(|e| {
+        warn!(error = %e, "scheduler could not read the periods seen");
+        HashMap::new()
+    });
     let mut ticker = tokio::time::interval(TICK.min(hour / 4).max(Duration::from_millis(50)));
     loop {
         ticker.tick().await;
@@ -49,20 +53,33 @@ pub(crate) async fn run(inner: Arc<Inner>, hour: Duration) {
             };
             let period = hour_ms * hours as i64;
             let slot = (now - m.created_at_ms).max(0) / period;
-            let last = *seen.entry(m.id.clone()).or_insert(slot);
+            let last = match seen.get(&m.id) {
+                Some(last) => *last,
+                None => {
+                    // First sight of the machine: its current period counts as seen.
+                    record_seen(&inner, &mut seen, &m.id, slot);
+                    slot
+                }
+            };
             if slot <= last {
                 continue;
             }
-            seen.insert(m.id.clone(), slot);
+            record_seen(&inner, &mut seen, &m.id, slot);
             if matches!(
                 m.state,
                 MachineState::Stopped | MachineState::Created | MachineState::Failed
             ) {
                 info!(machine = %m.id, schedule = ?m.config.schedule, "scheduled start");
-                let (reply, _) = tokio::sync::oneshot::channel();
-                inner.send(&m.id, Command::Start { reply });
+                inner.start_on_its_own(&m.id);
             }
         }
+    }
+}
+
+fn record_seen(inner: &Inner, seen: &mut HashMap<String, i64>, id: &str, period: i64) {
+    seen.insert(id.to_string(), period);
+    if let Err(e) = inner.store.set_schedule_seen(id, period) {
+        warn!(machine = %id, error = %e, "could not record the schedule's period");
     }
 }
 

@@ -41,6 +41,7 @@ impl Drop for RawMode {
 
 /// The local terminal's size as (rows, cols).
 fn size() -> Option<(u16, u16)> {
+    // SAFETY: winsize is plain integers, for which all-zero bytes are a valid value.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: TIOCGWINSZ writes a winsize into the struct we own.
     let ok = unsafe { libc::ioctl(libc::STDIN_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;

@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use hangar_agent::{Agent, AgentConfig};
 use hangar_image::{ImageStore, StoreOptions};
 use hangar_runtime::sandbox::{Sandbox, SandboxConfig};
-use hangar_runtime::{Accel, Microvm, MicrovmConfig, Runtime, Runtimes};
+use hangar_runtime::{Accel, Microvm, MicrovmConfig, Runtime, RuntimeKind, Runtimes};
 
 /// Where `scripts/fetch-kernel.sh` unpacks the guest kernel by default.
 const DEFAULT_KERNEL_DIR: &str = "/var/lib/hangar/kernel";
@@ -39,10 +39,10 @@ pub struct ServerArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// How machines run by default
-    #[arg(long, env = "HANGAR_RUNTIME", value_enum, default_value_t = RuntimeKind::Sandbox)]
+    #[arg(long, env = "HANGAR_RUNTIME", value_parser = runtime_kind(), default_value = "sandbox")]
     runtime: RuntimeKind,
     /// Another runtime machines may ask for with `config.guest.runtime` (repeatable)
-    #[arg(long = "extra-runtime", value_enum, value_name = "RUNTIME")]
+    #[arg(long = "extra-runtime", value_parser = runtime_kind(), value_name = "RUNTIME")]
     extra_runtimes: Vec<RuntimeKind>,
     /// The microvm runtime's accelerator: `auto` probes KVM with a boot and falls back to TCG
     #[arg(long, env = "HANGAR_ACCEL", value_enum, default_value_t = AccelArg::Auto)]
@@ -150,10 +150,11 @@ enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum RuntimeKind {
-    Sandbox,
-    Microvm,
+/// `sandbox` or `microvm`, listed in the help.
+fn runtime_kind() -> impl clap::builder::TypedValueParser<Value = RuntimeKind> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(RuntimeKind::ALL.map(RuntimeKind::as_str))
+        .try_map(|name| name.parse::<RuntimeKind>())
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -239,13 +240,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         };
         runtimes.push(runtime);
     }
-    let default = runtimes.remove(0);
-    let runtime: Arc<dyn Runtime> = if runtimes.is_empty() {
-        default
-    } else {
-        Arc::new(Runtimes::new(default, runtimes))
-    };
-    let (runtime, network) = if args.private_network {
+    let network = if args.private_network {
         let net = hangar_net::Network::open(
             hangar_net::NetConfig {
                 data_dir: data_dir.clone(),
@@ -268,15 +263,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         net.serve_dns()
             .await
             .map_err(|e| anyhow::anyhow!("cannot start the private network's DNS: {e}"))?;
-        let wrapped: Arc<dyn hangar_runtime::Runtime> =
-            Arc::new(hangar_net::Networked::new(runtime, net.clone()));
-        (wrapped, Some(net as Arc<dyn hangar_agent::PrivateNetwork>))
+        for runtime in &mut runtimes {
+            *runtime = Arc::new(hangar_net::Networked::new(runtime.clone(), net.clone()));
+        }
+        Some(net as Arc<dyn hangar_agent::PrivateNetwork>)
     } else {
         if !args.egress_ip_pools.is_empty() {
             bail!("--egress-ip-pool needs --private-network");
         }
-        (runtime, None)
+        None
     };
+    let default = runtimes.remove(0);
+    let runtime = Arc::new(Runtimes::new(default, runtimes));
     let agent = Agent::open(AgentConfig {
         data_dir: data_dir.clone(),
         region: args.region.clone(),

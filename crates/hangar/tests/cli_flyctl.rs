@@ -407,10 +407,8 @@ fn set_size(fd: &impl AsRawFd, rows: u16, cols: u16) {
         ws_ypixel: 0,
     };
     // SAFETY: TIOCSWINSZ reads the winsize we pass.
-    assert_eq!(
-        unsafe { nix::libc::ioctl(fd.as_raw_fd(), nix::libc::TIOCSWINSZ, &ws) },
-        0
-    );
+    let set = unsafe { nix::libc::ioctl(fd.as_raw_fd(), nix::libc::TIOCSWINSZ, &ws) };
+    assert_eq!(set, 0);
 }
 
 impl PtyChild {

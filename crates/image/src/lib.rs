@@ -238,6 +238,12 @@ struct LayerJob {
     source: BlobSource,
 }
 
+/// The normalized form of an image reference (`busybox` is `docker.io/library/busybox:latest`),
+/// as [`Image::reference`] names a pulled image.
+pub fn normalize_reference(reference: &str) -> Result<String, ImageError> {
+    Ok(reference::normalized(&reference::parse(reference)?))
+}
+
 impl ImageStore {
     /// Opens (creating if needed) the store at `root`, removing work a crash left behind.
     pub fn open(root: impl Into<PathBuf>, options: StoreOptions) -> Result<ImageStore, ImageError> {

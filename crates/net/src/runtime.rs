@@ -1,12 +1,13 @@
 //! A runtime wrapped so that each boot joins the private network: the machine's namespace and
-//! veth pair, or its tap device, as the runtime that boots it asks, are made before the inner
-//! runtime boots, and removed after it tears the machine down.
+//! veth pair, or its tap device, as the runtime says it plugs in, are made before the inner
+//! runtime boots, and removed after it tears the machine down. Each backend of a host is
+//! wrapped on its own; routing between them stays in `Runtimes`.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use hangar_proto::FileSpec;
-use hangar_runtime::{BootSpec, Guest, NetAttachKind, Remains, Runtime, RuntimeError};
+use hangar_runtime::{BootSpec, Guest, NetAttachKind, Remains, Runtime, RuntimeError, RuntimeKind};
 
 use crate::Network;
 
@@ -26,17 +27,13 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, RuntimeError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| RuntimeError::Boot(format!("network task: {e}")))
+        .map_err(|e| RuntimeError::Network(Box::new(e)))
 }
 
 #[async_trait]
 impl Runtime for Networked {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> RuntimeKind {
         self.inner.kind()
-    }
-
-    fn provides(&self, kind: &str) -> bool {
-        self.inner.provides(kind)
     }
 
     fn status(&self) -> serde_json::Value {
@@ -47,21 +44,17 @@ impl Runtime for Networked {
         self.inner.has(machine_id)
     }
 
-    fn net_attach(&self, runtime: Option<&str>) -> NetAttachKind {
-        self.inner.net_attach(runtime)
-    }
-
-    fn net_attach_of(&self, machine_id: &str) -> NetAttachKind {
-        self.inner.net_attach_of(machine_id)
+    fn net_attach(&self) -> NetAttachKind {
+        self.inner.net_attach()
     }
 
     async fn boot(&self, spec: &BootSpec) -> Result<Guest, RuntimeError> {
         let net = self.net.clone();
         let id = spec.machine_id.clone();
-        let kind = self.inner.net_attach(spec.runtime.as_deref());
+        let kind = self.inner.net_attach();
         let (attach, att) = blocking(move || net.plumb(&id, kind))
             .await?
-            .map_err(|e| RuntimeError::Boot(format!("private network: {e}")))?;
+            .map_err(|e| RuntimeError::Network(Box::new(e)))?;
         let mut spec = spec.clone();
         spec.netns = Some(attach);
         let dns = self.net.machine_dns(&spec.machine_id);
@@ -126,12 +119,12 @@ impl Runtime for Networked {
     /// A suspended microVM's tap stays on the bridge; should it be gone (a host reboot), it is
     /// made again before QEMU reopens it. A sandbox's namespace lives as long as its processes.
     async fn resume(&self, machine_id: &str) -> Result<Guest, RuntimeError> {
-        if self.inner.net_attach_of(machine_id) == NetAttachKind::Tap {
+        if self.inner.net_attach() == NetAttachKind::Tap {
             let net = self.net.clone();
             let id = machine_id.to_string();
             blocking(move || net.ensure_tap(&id))
                 .await?
-                .map_err(|e| RuntimeError::Boot(format!("private network: {e}")))?;
+                .map_err(|e| RuntimeError::Network(Box::new(e)))?;
         }
         self.inner.resume(machine_id).await
     }

@@ -55,6 +55,33 @@ struct Answer {
     error: Option<String>,
 }
 
+/// What went wrong talking to, starting or being the keeper.
+#[derive(Debug, thiserror::Error)]
+pub enum KeeperError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The keeper answered, but not with a running process (its own words).
+    #[error("the keeper {0}")]
+    Answer(String),
+    #[error("no {0} command")]
+    NoCommand(&'static str),
+}
+
+/// Tags an I/O error with what was being done.
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> KeeperError {
+    let context = context.into();
+    move |source| KeeperError::Io { context, source }
+}
+
+fn nix_io(context: impl Into<String>) -> impl FnOnce(Errno) -> KeeperError {
+    let wrap = io(context);
+    move |e| wrap(std::io::Error::from(e))
+}
+
 // ---------------------------------------------------------------- the keeper process
 
 #[derive(Default)]
@@ -66,19 +93,18 @@ struct Shared {
 
 /// Runs the keeper for `dir` until it has nothing left to keep. Returns at once if another
 /// keeper already serves `dir`.
-pub fn run(dir: &Path) -> Result<(), String> {
+pub fn run(dir: &Path) -> Result<(), KeeperError> {
     // Out of the server's session and process group: a terminal's Ctrl-C or a signal to the
     // server's group must not reach the keeper (or, through it, the machines).
     let _ = nix::unistd::setsid();
-    nix::sys::prctl::set_child_subreaper(true)
-        .map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER): {e}"))?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    nix::sys::prctl::set_child_subreaper(true).map_err(nix_io("prctl(PR_SET_CHILD_SUBREAPER)"))?;
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(dir.join(LOCK))
-        .map_err(|e| format!("opening the keeper lock: {e}"))?;
+        .map_err(io("opening the keeper lock"))?;
     let lock = match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(l) => l,
         Err(_) => return Ok(()), // another keeper serves this directory
@@ -86,7 +112,7 @@ pub fn run(dir: &Path) -> Result<(), String> {
     let socket = dir.join(SOCKET);
     let _ = std::fs::remove_file(&socket);
     let listener =
-        UnixListener::bind(&socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
+        UnixListener::bind(&socket).map_err(io(format!("binding {}", socket.display())))?;
     let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
 
     {
@@ -181,7 +207,7 @@ fn serve(conn: UnixStream, shared: &(Mutex<Shared>, Condvar)) {
                         answer(
                             &mut writer,
                             Answer {
-                                error: Some(e),
+                                error: Some(e.to_string()),
                                 ..Default::default()
                             },
                         );
@@ -223,16 +249,18 @@ fn serve(conn: UnixStream, shared: &(Mutex<Shared>, Condvar)) {
     }
 }
 
-fn spawn(argv: &[String], output: &Path) -> Result<i32, String> {
-    let (prog, args) = argv.split_first().ok_or("empty command")?;
+fn spawn(argv: &[String], output: &Path) -> Result<i32, KeeperError> {
+    let (prog, args) = argv
+        .split_first()
+        .ok_or(KeeperError::NoCommand("process"))?;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(output)
-        .map_err(|e| format!("opening {}: {e}", output.display()))?;
+        .map_err(io(format!("opening {}", output.display())))?;
     let err = out
         .try_clone()
-        .map_err(|e| format!("duplicating the output descriptor: {e}"))?;
+        .map_err(io("duplicating the output descriptor"))?;
     let child = Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
@@ -240,7 +268,7 @@ fn spawn(argv: &[String], output: &Path) -> Result<i32, String> {
         .stderr(err)
         .current_dir("/")
         .spawn()
-        .map_err(|e| format!("cannot run {prog}: {e}"))?;
+        .map_err(io(format!("cannot run {prog}")))?;
     // The reaper collects it; dropping the handle neither waits nor kills.
     Ok(child.id() as i32)
 }
@@ -265,7 +293,7 @@ pub enum Ended {
 impl Keeper {
     /// Connects to the keeper serving `dir`, starting one with `command` (argv; the keeper's
     /// directory is appended) if none runs.
-    pub fn ensure(dir: &Path, command: Vec<OsString>) -> Result<Keeper, String> {
+    pub fn ensure(dir: &Path, command: Vec<OsString>) -> Result<Keeper, KeeperError> {
         let keeper = Keeper {
             socket: dir.join(SOCKET),
             hold: Mutex::new(None),
@@ -277,7 +305,7 @@ impl Keeper {
     }
 
     /// Makes sure a keeper runs and is held; starts one when needed.
-    fn hold(&self) -> Result<(), String> {
+    fn hold(&self) -> Result<(), KeeperError> {
         let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(conn) = hold.as_ref() {
             // Still alive? A peek that returns 0 bytes means the keeper went away.
@@ -310,11 +338,11 @@ impl Keeper {
                     started = true;
                 }
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(format!(
-                        "the keeper did not open {}: {e}; see {}",
+                    return Err(io(format!(
+                        "the keeper did not open {} (see {})",
                         self.socket.display(),
                         self.dir.join(LOG).display()
-                    ))
+                    ))(e))
                 }
                 Err(_) => {}
             }
@@ -324,14 +352,19 @@ impl Keeper {
         Ok(())
     }
 
-    fn start(&self) -> Result<(), String> {
-        let (prog, args) = self.command.split_first().ok_or("no keeper command")?;
+    fn start(&self) -> Result<(), KeeperError> {
+        let (prog, args) = self
+            .command
+            .split_first()
+            .ok_or(KeeperError::NoCommand("keeper"))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join(LOG))
-            .map_err(|e| format!("opening {}: {e}", self.dir.join(LOG).display()))?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+            .map_err(io(format!("opening {}", self.dir.join(LOG).display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(io("duplicating the log descriptor"))?;
         let mut cmd = Command::new(prog);
         cmd.args(args)
             .arg(&self.dir)
@@ -346,8 +379,10 @@ impl Keeper {
                 Ok(())
             });
         }
-        cmd.spawn()
-            .map_err(|e| format!("cannot start the keeper ({}): {e}", prog.to_string_lossy()))?;
+        cmd.spawn().map_err(io(format!(
+            "cannot start the keeper ({})",
+            prog.to_string_lossy()
+        )))?;
         Ok(())
     }
 
@@ -357,45 +392,47 @@ impl Keeper {
         &self,
         argv: &[String],
         output: &Path,
-    ) -> Result<(i32, impl FnOnce() -> Result<Ended, String>), String> {
+    ) -> Result<(i32, impl FnOnce() -> Result<Ended, KeeperError>), KeeperError> {
         self.hold()?;
-        let conn = UnixStream::connect(&self.socket)
-            .map_err(|e| format!("connecting to the keeper: {e}"))?;
+        let conn = UnixStream::connect(&self.socket).map_err(io("connecting to the keeper"))?;
         let mut request = serde_json::to_string(&Request::Spawn {
             argv: argv.to_vec(),
             output: output.to_path_buf(),
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| io("encoding the request")(e.into()))?;
         request.push('\n');
         (&conn)
             .write_all(request.as_bytes())
-            .map_err(|e| format!("asking the keeper: {e}"))?;
+            .map_err(io("asking the keeper"))?;
         let mut reader = BufReader::new(conn);
         let first = read_answer(&mut reader)?;
         let pid = first.pid.ok_or_else(|| {
-            first
-                .error
-                .unwrap_or_else(|| "the keeper did not start it".into())
+            KeeperError::Answer(
+                first
+                    .error
+                    .map(|e| format!("could not start it: {e}"))
+                    .unwrap_or_else(|| "did not start it".into()),
+            )
         })?;
         Ok((pid, move || {
             let end = read_answer(&mut reader)?;
             match (end.code, end.signal) {
                 (Some(c), _) => Ok(Ended::Code(c)),
                 (None, Some(s)) => Ok(Ended::Signal(s)),
-                _ => Err(end
-                    .error
-                    .unwrap_or_else(|| "the keeper lost the process".into())),
+                _ => Err(KeeperError::Answer(
+                    end.error.unwrap_or_else(|| "lost the process".into()),
+                )),
             }
         }))
     }
 }
 
-fn read_answer(reader: &mut BufReader<UnixStream>) -> Result<Answer, String> {
+fn read_answer(reader: &mut BufReader<UnixStream>) -> Result<Answer, KeeperError> {
     let mut line = String::new();
     match reader.read_line(&mut line) {
-        Ok(0) => Err("the keeper went away".into()),
+        Ok(0) => Err(KeeperError::Answer("went away".into())),
         Ok(_) => serde_json::from_str(&line)
-            .map_err(|e| format!("unreadable answer from the keeper: {e}")),
-        Err(e) => Err(format!("reading from the keeper: {e}")),
+            .map_err(|e| KeeperError::Answer(format!("answered unreadably: {e}"))),
+        Err(e) => Err(io("reading from the keeper")(e)),
     }
 }

@@ -7,22 +7,29 @@
 //!
 //! Runtimes hold no state the agent depends on across restarts: a restarted server calls
 //! [`Runtime::attach`] to reconnect to machines that kept running while it was down.
+//!
+//! A [`Runtime`] is one backend. Which backend serves a machine, when a host runs several, is
+//! [`Runtimes`]' business, not the backends'. What both backends need from the host (cgroups,
+//! process states, OOM counters) is in `host`.
 
 use std::path::PathBuf;
 
 use async_trait::async_trait;
 use hangar_proto::{LaunchSpec, NetworkSpec};
+pub use hangar_types::RuntimeKind;
 
 pub mod guest;
+mod host;
 pub mod keeper;
 pub mod microvm;
 mod multi;
 pub mod sandbox;
 
 pub use guest::{ExecOutput, ExecSession, Guest, GuestError, SessionEvent};
-pub use microvm::{Accel, Microvm, MicrovmConfig};
+pub use host::host_memory_mb;
+pub use microvm::{Accel, Microvm, MicrovmConfig, MicrovmError};
 pub use multi::Runtimes;
-pub use sandbox::{become_subreaper, Sandbox, SandboxConfig};
+pub use sandbox::{become_subreaper, Sandbox, SandboxConfig, SandboxError};
 
 /// What a runtime needs to boot one machine.
 #[derive(Clone, Debug)]
@@ -37,12 +44,12 @@ pub struct BootSpec {
     /// The machine's console (its processes' stdout and stderr) is appended here.
     pub log_path: PathBuf,
     /// The runtime the machine asked for (`config.guest.runtime`); `None`: the host's default.
-    pub runtime: Option<String>,
+    pub runtime: Option<RuntimeKind>,
     /// The root file system's size limit in GB (`config.rootfs.size_gb`); `None`: the
     /// runtime's default. Only the microvm runtime has a disk to size.
     pub rootfs_size_gb: Option<u32>,
     /// How the machine plugs into the host's network (the private network's), as the runtime's
-    /// [`Runtime::net_attach`] asks; `None`: no network but loopback (a sandbox gets a new,
+    /// [`Runtime::net_attach`] says; `None`: no network but loopback (a sandbox gets a new,
     /// empty network namespace, a microVM no network device).
     pub netns: Option<NetAttach>,
 }
@@ -82,12 +89,26 @@ pub struct Remains {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// The host cannot run machines this way (a missing binary, an unusable kernel feature).
+    /// The host cannot run machines this way (a missing binary, an unusable kernel feature,
+    /// a runtime this host does not run).
     #[error("{0}")]
     Unavailable(String),
-    /// The boot failed; nothing of it is left behind.
-    #[error("boot failed: {0}")]
-    Boot(String),
+    #[error("the {runtime} runtime cannot {operation} machines")]
+    Unsupported {
+        runtime: RuntimeKind,
+        operation: &'static str,
+    },
+    #[error("machine {0} is not running")]
+    NotRunning(String),
+    #[error("machine {0} was gone when it was resumed")]
+    Vanished(String),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Microvm(#[from] MicrovmError),
+    /// The host side of the machine's network could not be made.
+    #[error("private network: {0}")]
+    Network(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Guest(#[from] GuestError),
     #[error("{context}: {source}")]
@@ -107,39 +128,22 @@ impl RuntimeError {
     }
 }
 
+/// One way of isolating machines (runc, QEMU). It does what it is asked for the machine
+/// named; routing between backends is [`Runtimes`]'.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
-    /// `sandbox` or `microvm`.
-    fn kind(&self) -> &'static str;
-
-    /// Whether machines can ask this host for runtime `kind` (`config.guest.runtime`).
-    fn provides(&self, kind: &str) -> bool {
-        kind == self.kind()
-    }
+    fn kind(&self) -> RuntimeKind;
 
     /// What the runtime is and how it was set up (for the status endpoint).
     fn status(&self) -> serde_json::Value {
         serde_json::json!({ "kind": self.kind() })
     }
 
-    /// How a machine booted with `runtime` (`BootSpec::runtime`) plugs into a host network.
-    /// A runtime of one kind answers for itself, whatever `runtime` says.
-    fn net_attach(&self, runtime: Option<&str>) -> NetAttachKind {
-        let _ = runtime;
-        NetAttachKind::Netns
-    }
-
-    /// How machine `machine_id`, booted earlier, is plugged into a host network.
-    fn net_attach_of(&self, machine_id: &str) -> NetAttachKind {
-        let _ = machine_id;
-        self.net_attach(None)
-    }
+    /// How a machine of this runtime plugs into a network the host prepared.
+    fn net_attach(&self) -> NetAttachKind;
 
     /// Whether this runtime has anything of the machine on the host.
-    fn has(&self, machine_id: &str) -> bool {
-        let _ = machine_id;
-        false
-    }
+    fn has(&self, machine_id: &str) -> bool;
 
     /// Boots a machine and returns once init reports the main process running (or already
     /// exited, or failed to start it). On error, nothing of the boot is left behind.
@@ -160,41 +164,19 @@ pub trait Runtime: Send + Sync + 'static {
     /// advancing until [`Runtime::resume`]. The guest handed out by `boot` may stop answering
     /// while suspended (a microVM's may go away entirely).
     async fn suspend(&self, machine_id: &str) -> Result<(), RuntimeError> {
-        Err(RuntimeError::Unavailable(format!(
-            "the {} runtime cannot suspend machine {machine_id}",
-            self.kind()
-        )))
+        let _ = machine_id;
+        Err(RuntimeError::Unsupported {
+            runtime: self.kind(),
+            operation: "suspend",
+        })
     }
 
     /// Lets a suspended machine go on where it stopped, and returns its guest.
     async fn resume(&self, machine_id: &str) -> Result<Guest, RuntimeError> {
-        Err(RuntimeError::Unavailable(format!(
-            "the {} runtime cannot resume machine {machine_id}",
-            self.kind()
-        )))
-    }
-}
-
-/// Machine ids name directories, cgroups and QEMU processes: 1 to 64 letters, digits, `-`,
-/// `_` or `.`, starting with a letter or digit.
-pub(crate) fn is_valid_machine_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id.as_bytes()[0].is_ascii_alphanumeric()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-}
-
-/// The host's RAM (MemTotal) in MB; very large when /proc/meminfo cannot be read.
-pub fn host_memory_mb() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        let _ = machine_id;
+        Err(RuntimeError::Unsupported {
+            runtime: self.kind(),
+            operation: "resume",
         })
-        .map(|kb| kb / 1024)
-        .unwrap_or(u64::MAX / 2)
+    }
 }

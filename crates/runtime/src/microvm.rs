@@ -20,6 +20,7 @@
 
 mod accel;
 mod disk;
+mod error;
 pub mod kernel;
 mod qmp;
 
@@ -37,11 +38,16 @@ use tokio::time::{sleep, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
 pub use accel::{Accel, AccelChoice};
+use error::io;
+pub use error::{
+    AccelError, KernelError, MicrovmError, MigrationStatus, ModinfoError, QmpError, RunState,
+};
+use hangar_types::RuntimeKind;
 use kernel::Kernel;
 use qmp::Qmp;
 
+use crate::host::{self, proc_state, Cgroups};
 use crate::keeper::{Ended, Keeper};
-use crate::sandbox::host::{proc_state, Cgroups};
 use crate::{
     BootSpec, Guest, GuestError, NetAttach, NetAttachKind, Remains, Runtime, RuntimeError,
 };
@@ -138,13 +144,11 @@ struct Paths {
     vmstate: PathBuf,
 }
 
-fn validate_id(id: &str) -> Result<(), RuntimeError> {
-    if crate::is_valid_machine_id(id) {
+fn validate_id(id: &str) -> Result<(), MicrovmError> {
+    if host::is_valid_machine_id(id) {
         Ok(())
     } else {
-        Err(RuntimeError::Boot(format!(
-            "invalid machine id {id:?}: expected 1 to 64 letters, digits, '-', '_' or '.'"
-        )))
+        Err(MicrovmError::InvalidId(id.to_string()))
     }
 }
 
@@ -256,15 +260,15 @@ impl Microvm {
             tokio::task::spawn_blocking(move || kernel::initramfs(&cache, &kernel, &init))
                 .await
                 .map_err(|e| unavailable(format!("initramfs task: {e}")))?
-                .map_err(unavailable)?
+                .map_err(|e| unavailable(e.to_string()))?
         };
         let accel = accel::choose(config.accel, &config.qemu, &kernel, &initramfs, &state_dir)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| unavailable(e.to_string()))?;
         info!(accel = accel.accel.as_str(), reason = %accel.reason, kernel = %kernel.version, "microvm runtime ready");
         let keeper = match config.keeper {
             Some(command) => Some(Arc::new(
-                Keeper::ensure(&state_dir, command).map_err(RuntimeError::Unavailable)?,
+                Keeper::ensure(&state_dir, command).map_err(|e| unavailable(e.to_string()))?,
             )),
             None => None,
         };
@@ -277,7 +281,7 @@ impl Microvm {
             accel,
             cgroups: Cgroups::detect(),
             keeper,
-            host_memory_mb: crate::host_memory_mb(),
+            host_memory_mb: host::host_memory_mb(),
             building: tokio::sync::Mutex::new(()),
             ended: Arc::default(),
         })
@@ -294,7 +298,7 @@ impl Microvm {
 
     /// Bare QEMU booting this runtime's kernel and initramfs to `/init` (the floor a machine's
     /// boot cannot beat): the time until init announces itself on the console.
-    pub async fn bare_boot(&self) -> Result<Duration, String> {
+    pub async fn bare_boot(&self) -> Result<Duration, AccelError> {
         accel::boot_to_init(
             &self.qemu,
             self.accel.accel,
@@ -332,12 +336,11 @@ impl Microvm {
 
     /// Puts QEMU in its own cgroup: guest RAM plus QEMU's overhead, and vCPUs plus one
     /// thread's worth of CPU for device emulation.
-    fn confine(&self, id: &str, pid: i32, cpus: u32, memory_mb: u32) -> Result<(), String> {
+    fn confine(&self, id: &str, pid: i32, cpus: u32, memory_mb: u32) -> Result<(), MicrovmError> {
         let mem = (memory_mb as u64 + QEMU_OVERHEAD_MB) << 20;
         let quota = (cpus as u64 + 1) * 100_000;
         for dir in self.cgroup_dirs(id) {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
             let controller = dir
                 .parent()
                 .and_then(Path::parent)
@@ -364,7 +367,7 @@ impl Microvm {
                 }
             }
             std::fs::write(dir.join("cgroup.procs"), pid.to_string())
-                .map_err(|e| format!("moving QEMU into {}: {e}", dir.display()))?;
+                .map_err(io(format!("moving QEMU into {}", dir.display())))?;
         }
         Ok(())
     }
@@ -447,27 +450,23 @@ impl Microvm {
         argv
     }
 
-    fn check_spec(&self, spec: &BootSpec, paths: &Paths) -> Result<(), String> {
+    fn check_spec(&self, spec: &BootSpec, paths: &Paths) -> Result<(), MicrovmError> {
+        let refuse = |why: String| Err(MicrovmError::Spec(why));
         for sock in [&paths.ctl, &paths.qmp] {
             let len = sock.as_os_str().len();
             if len > SOCKET_PATH_MAX {
-                return Err(format!(
+                return refuse(format!(
                     "the socket path {} is {len} bytes, over the {SOCKET_PATH_MAX}-byte limit; use a shorter state directory",
                     sock.display()
                 ));
             }
         }
         if spec.layers.is_empty() {
-            return Err("the image has no layers".into());
+            return refuse("the image has no layers".into());
         }
         match &spec.netns {
             None => {}
-            Some(NetAttach::Netns(path)) => {
-                return Err(format!(
-                    "a microVM plugs into a tap device; it cannot join the network namespace {}",
-                    path.display()
-                ))
-            }
+            Some(NetAttach::Netns(path)) => return Err(MicrovmError::NetnsAttach(path.clone())),
             Some(NetAttach::Tap { ifname, guest }) => {
                 // Both go into QEMU's comma-separated options.
                 if ifname.is_empty()
@@ -476,29 +475,29 @@ impl Microvm {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 {
-                    return Err(format!("invalid tap device name {ifname:?}"));
+                    return refuse(format!("invalid tap device name {ifname:?}"));
                 }
-                guest
-                    .validate()
-                    .map_err(|e| format!("the machine's network: {e}"))?;
+                if let Err(e) = guest.validate() {
+                    return refuse(format!("the machine's network: {e}"));
+                }
             }
         }
         let r = spec.resources;
         if r.cpus == 0 || r.memory_mb == 0 {
-            return Err(format!(
+            return refuse(format!(
                 "resources must be positive (got {} cpus, {} MB of memory)",
                 r.cpus, r.memory_mb
             ));
         }
         if r.memory_mb as u64 > self.host_memory_mb {
-            return Err(format!(
+            return refuse(format!(
                 "guest.memory_mb {} is more than this host has ({} MB)",
                 r.memory_mb, self.host_memory_mb
             ));
         }
         for path in [&spec.log_path, &self.kernel.image] {
             if path.to_string_lossy().contains(',') {
-                return Err(format!(
+                return refuse(format!(
                     "{} cannot be given to QEMU: its path contains a comma",
                     path.display()
                 ));
@@ -508,7 +507,7 @@ impl Microvm {
     }
 
     /// Starts QEMU (under the keeper when there is one): its pid.
-    async fn spawn(&self, id: &str, argv: Vec<String>, paths: &Paths) -> Result<i32, String> {
+    async fn spawn(&self, id: &str, argv: Vec<String>, paths: &Paths) -> Result<i32, MicrovmError> {
         let ended = Arc::clone(&self.ended);
         let id = id.to_string();
         let record = move |pid: i32, how: String| {
@@ -523,7 +522,7 @@ impl Microvm {
                 let log = paths.qemu_log.clone();
                 let (pid, wait) = tokio::task::spawn_blocking(move || keeper.spawn(&argv, &log))
                     .await
-                    .map_err(|e| format!("keeper task: {e}"))??;
+                    .map_err(|e| io("keeper task")(e.into()))??;
                 // Records how QEMU ended, for teardown to tell why the machine went away. A
                 // plain thread: the runtime must not wait for it when the server shuts down.
                 std::thread::spawn(move || {
@@ -541,16 +540,24 @@ impl Microvm {
                     .create(true)
                     .append(true)
                     .open(&paths.qemu_log)
-                    .map_err(|e| format!("opening {}: {e}", paths.qemu_log.display()))?;
-                let err = log.try_clone().map_err(|e| e.to_string())?;
-                let (prog, args) = argv.split_first().ok_or("empty QEMU command")?;
+                    .map_err(io(format!("opening {}", paths.qemu_log.display())))?;
+                let err = log
+                    .try_clone()
+                    .map_err(io("duplicating the log descriptor"))?;
+                let (prog, args) = argv
+                    .split_first()
+                    .ok_or_else(|| MicrovmError::Spec("empty QEMU command".into()))?;
                 let mut child = tokio::process::Command::new(prog)
                     .args(args)
                     .stdin(Stdio::null())
                     .stdout(log)
                     .stderr(err)
                     .spawn()
-                    .map_err(|e| format!("cannot run {prog}: {e}"))?;
+                    .map_err(|source| MicrovmError::Spawn {
+                        program: prog.clone(),
+                        hint: "",
+                        source,
+                    })?;
                 let pid = child.id().map(|p| p as i32).unwrap_or(0);
                 tokio::spawn(async move {
                     let how = match child.wait().await {
@@ -635,22 +642,21 @@ impl Microvm {
         id: &str,
         pid: i32,
         deadline: Instant,
-    ) -> Result<Guest, String> {
+    ) -> Result<Guest, MicrovmError> {
         loop {
             if !Self::qemu_alive(pid, id) {
                 let record = Self::read_record(paths);
                 // Let the waiter record how it ended.
                 sleep(Duration::from_millis(50)).await;
-                return Err(format!(
-                    "the VM ended while booting: {}",
-                    self.why_gone(paths, record.as_ref())
-                ));
+                return Err(MicrovmError::VmEnded {
+                    why: self.why_gone(paths, record.as_ref()),
+                });
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "hangar-init did not answer within {}s",
-                    BOOT_DEADLINE.as_secs()
-                ));
+                return Err(MicrovmError::InitSilent {
+                    what: "answer",
+                    secs: BOOT_DEADLINE.as_secs(),
+                });
             }
             match UnixStream::connect(&paths.ctl).await {
                 Ok(stream) => {
@@ -662,7 +668,7 @@ impl Microvm {
                             sleep(Duration::from_millis(20)).await;
                             continue;
                         }
-                        Ok(Err(e)) => return Err(format!("hangar-init: {e}")),
+                        Ok(Err(e)) => return Err(e.into()),
                     }
                 }
                 Err(_) => sleep(Duration::from_millis(5)).await,
@@ -670,7 +676,7 @@ impl Microvm {
         }
     }
 
-    async fn start(&self, spec: &BootSpec, paths: &Paths) -> Result<Guest, String> {
+    async fn start(&self, spec: &BootSpec, paths: &Paths) -> Result<Guest, MicrovmError> {
         let id = spec.machine_id.as_str();
         let limit = spec.rootfs_size_gb.unwrap_or(DEFAULT_ROOTFS_GB) as u64 * disk::GIB;
         let image = {
@@ -678,7 +684,7 @@ impl Microvm {
             disk::image_disk(&self.cache_dir.join("images"), &spec.layers, limit).await?
         };
         std::fs::create_dir_all(&paths.dir)
-            .map_err(|e| format!("creating {}: {e}", paths.dir.display()))?;
+            .map_err(io(format!("creating {}", paths.dir.display())))?;
         disk::scratch_disk(&paths.scratch, limit).await?;
 
         let mut launch = spec.launch.clone();
@@ -687,10 +693,10 @@ impl Microvm {
             launch.hostname = id.to_string();
         }
         let launch_json =
-            serde_json::to_vec(&launch).map_err(|e| format!("encoding the launch spec: {e}"))?;
+            serde_json::to_vec(&launch).map_err(|e| io("encoding the launch spec")(e.into()))?;
         let network_json = match &spec.netns {
             Some(NetAttach::Tap { guest, .. }) => Some(
-                serde_json::to_vec(guest).map_err(|e| format!("encoding the network spec: {e}"))?,
+                serde_json::to_vec(guest).map_err(|e| io("encoding the network spec")(e.into()))?,
             ),
             _ => None,
         };
@@ -703,7 +709,7 @@ impl Microvm {
 
         if let Some(parent) = spec.log_path.parent() {
             std::fs::create_dir_all(parent)
-                .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+                .map_err(io(format!("creating {}", parent.display())))?;
         }
         let log_offset = std::fs::metadata(&spec.log_path)
             .map(|m| m.len())
@@ -722,13 +728,10 @@ impl Microvm {
         let guest = self.connect_guest(paths, id, pid, deadline).await?;
         timeout_at(deadline, guest.running())
             .await
-            .map_err(|_| {
-                format!(
-                    "hangar-init did not start the process within {}s",
-                    BOOT_DEADLINE.as_secs()
-                )
-            })?
-            .map_err(|e| format!("hangar-init: {e}"))?;
+            .map_err(|_| MicrovmError::InitSilent {
+                what: "start the process",
+                secs: BOOT_DEADLINE.as_secs(),
+            })??;
         Ok(guest)
     }
 
@@ -789,10 +792,10 @@ fn is_qemu_of(pid: i32, id: &str) -> bool {
         .any(|arg| arg == format!("hangar-{id}").as_bytes())
 }
 
-fn write_record(paths: &Paths, record: &BootRecord) -> Result<(), String> {
-    let bytes = serde_json::to_vec(record).map_err(|e| e.to_string())?;
-    std::fs::write(&paths.record, bytes)
-        .map_err(|e| format!("writing {}: {e}", paths.record.display()))
+fn write_record(paths: &Paths, record: &BootRecord) -> Result<(), MicrovmError> {
+    let context = format!("writing {}", paths.record.display());
+    let bytes = serde_json::to_vec(record).map_err(|e| io(context.clone())(e.into()))?;
+    std::fs::write(&paths.record, bytes).map_err(io(context))
 }
 
 /// The guest kernel's panic message, if this boot's part of the console log has one.
@@ -811,33 +814,15 @@ fn console_panic(log: &Path, offset: u64) -> Option<String> {
     })
 }
 
-#[async_trait]
-impl Runtime for Microvm {
-    fn kind(&self) -> &'static str {
-        "microvm"
-    }
-
-    fn net_attach(&self, _runtime: Option<&str>) -> NetAttachKind {
-        NetAttachKind::Tap
-    }
-
-    fn status(&self) -> serde_json::Value {
-        serde_json::json!({
-            "kind": "microvm",
-            "accel": self.accel.accel.as_str(),
-            "accel_reason": self.accel.reason,
-            "kernel": self.kernel.version,
-        })
-    }
-
-    async fn boot(&self, spec: &BootSpec) -> Result<Guest, RuntimeError> {
+impl Microvm {
+    async fn boot_vm(&self, spec: &BootSpec) -> Result<Guest, MicrovmError> {
         let id = spec.machine_id.as_str();
         validate_id(id)?;
         let paths = self.paths(id);
-        self.check_spec(spec, &paths).map_err(RuntimeError::Boot)?;
+        self.check_spec(spec, &paths)?;
         if paths.dir.exists() {
             info!(machine = id, "cleaning up what an earlier boot left");
-            self.teardown(id).await?;
+            self.remove(id).await?;
         }
         let started = std::time::Instant::now();
         match self.start(spec, &paths).await {
@@ -846,15 +831,15 @@ impl Runtime for Microvm {
                 Ok(guest)
             }
             Err(reason) => {
-                if let Err(e) = self.teardown(id).await {
+                if let Err(e) = self.remove(id).await {
                     warn!(machine = id, error = %e, "could not clean up the failed boot");
                 }
-                Err(RuntimeError::Boot(reason))
+                Err(reason)
             }
         }
     }
 
-    async fn attach(&self, machine_id: &str) -> Result<Option<Guest>, RuntimeError> {
+    async fn connect(&self, machine_id: &str) -> Result<Option<Guest>, MicrovmError> {
         validate_id(machine_id)?;
         let paths = self.paths(machine_id);
         let Some(record) = Self::read_record(&paths) else {
@@ -866,12 +851,12 @@ impl Runtime for Microvm {
         let deadline = Instant::now() + ATTACH_DEADLINE;
         let guest = self
             .connect_guest(&paths, machine_id, record.pid, deadline)
-            .await
-            .map_err(RuntimeError::Boot)?;
+            .await?;
         Ok(Some(guest))
     }
 
-    async fn teardown(&self, machine_id: &str) -> Result<Remains, RuntimeError> {
+    /// Everything of the machine off the host: QEMU, its cgroups and its files.
+    async fn remove(&self, machine_id: &str) -> Result<Remains, MicrovmError> {
         validate_id(machine_id)?;
         let paths = self.paths(machine_id);
         let record = Self::read_record(&paths);
@@ -907,7 +892,7 @@ impl Runtime for Microvm {
                 .ok()
                 .or_else(|| std::fs::read_to_string(dir.join("memory.events")).ok())
             {
-                if crate::sandbox::host::parse_counter(&oom, "oom_kill") > 0 {
+                if host::parse_counter(&oom, "oom_kill") > 0 {
                     remains.oom_killed = true;
                 }
             }
@@ -932,20 +917,155 @@ impl Runtime for Microvm {
         match removed {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(RuntimeError::io(
-                    format!("removing {}", paths.dir.display()),
-                    e,
-                ))
-            }
+            Err(e) => return Err(io(format!("removing {}", paths.dir.display()))(e)),
         }
         Ok(remains)
     }
 
-    async fn list(&self) -> Result<Vec<String>, RuntimeError> {
+    /// QEMU migrates the stopped VM to a file (memory and devices), then quits.
+    async fn save(&self, machine_id: &str) -> Result<(), RuntimeError> {
+        validate_id(machine_id)?;
+        let paths = self.paths(machine_id);
+        let record = Self::read_record(&paths)
+            .ok_or_else(|| RuntimeError::NotRunning(machine_id.to_string()))?;
+        if !Self::qemu_alive(record.pid, machine_id) {
+            if paths.vmstate.exists() {
+                return Ok(());
+            }
+            return Err(RuntimeError::NotRunning(machine_id.to_string()));
+        }
+        let during = |e: MicrovmError| MicrovmError::During {
+            operation: "suspending",
+            machine_id: machine_id.to_string(),
+            source: Box::new(e),
+        };
+        self.migrate_out(&paths, &record, machine_id)
+            .await
+            .map_err(during)?;
+        info!(
+            machine = machine_id,
+            "suspended to {}",
+            paths.vmstate.display()
+        );
+        Ok(())
+    }
+
+    async fn migrate_out(
+        &self,
+        paths: &Paths,
+        record: &BootRecord,
+        machine_id: &str,
+    ) -> Result<(), MicrovmError> {
+        let mut qmp = Qmp::connect(&paths.qmp).await?;
+        qmp.execute("stop", None).await?;
+        let tmp = paths.dir.join("vmstate.tmp");
+        let uri = format!("exec:cat > {}", tmp.display());
+        qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })))
+            .await?;
+        let deadline = Instant::now() + BOOT_DEADLINE;
+        loop {
+            match qmp.migration().await? {
+                (MigrationStatus::Completed, _) => break,
+                (status @ (MigrationStatus::Failed | MigrationStatus::Cancelled), desc) => {
+                    let _ = qmp.execute("cont", None).await;
+                    return Err(MicrovmError::Migration { status, desc });
+                }
+                _ if Instant::now() >= deadline => {
+                    let _ = qmp.execute("migrate_cancel", None).await;
+                    let _ = qmp.execute("cont", None).await;
+                    return Err(MicrovmError::TooSlow { what: "migration" });
+                }
+                _ => sleep(Duration::from_millis(10)).await,
+            }
+        }
+        std::fs::rename(&tmp, &paths.vmstate).map_err(io("storing the state"))?;
+        let _ = qmp.execute("quit", None).await;
+        drop(qmp);
+        let deadline = Instant::now() + KILL_WAIT;
+        while Self::qemu_alive(record.pid, machine_id) && Instant::now() < deadline {
+            sleep(Duration::from_millis(5)).await;
+        }
+        self.kill_qemu(machine_id, record.pid).await;
+        self.forget_ended(machine_id);
+        Ok(())
+    }
+
+    /// A new QEMU with the same devices takes the saved state (`-incoming`) and goes on.
+    async fn restore(&self, machine_id: &str) -> Result<Guest, RuntimeError> {
+        validate_id(machine_id)?;
+        let paths = self.paths(machine_id);
+        let record = Self::read_record(&paths)
+            .ok_or_else(|| MicrovmError::NoBoot(machine_id.to_string()))?;
+        if Self::qemu_alive(record.pid, machine_id) {
+            // Never suspended (or already resumed): the machine runs.
+            return self
+                .connect(machine_id)
+                .await?
+                .ok_or_else(|| RuntimeError::Vanished(machine_id.to_string()));
+        }
+        if !paths.vmstate.exists() {
+            return Err(MicrovmError::NoSavedState(machine_id.to_string()).into());
+        }
+        let guest = self
+            .migrate_in(&paths, record, machine_id)
+            .await
+            .map_err(|e| MicrovmError::During {
+                operation: "resuming",
+                machine_id: machine_id.to_string(),
+                source: Box::new(e),
+            })?;
+        Ok(guest)
+    }
+
+    async fn migrate_in(
+        &self,
+        paths: &Paths,
+        mut record: BootRecord,
+        machine_id: &str,
+    ) -> Result<Guest, MicrovmError> {
+        let mut argv = record.argv.clone();
+        argv.extend([
+            "-incoming".into(),
+            format!("exec:cat {}", paths.vmstate.display()),
+        ]);
+        let deadline = Instant::now() + BOOT_DEADLINE;
+        let pid = self.spawn(machine_id, argv, paths).await?;
+        record.pid = pid;
+        write_record(paths, &record)?;
+        let (cpus, mem) = parse_resources(&record.argv);
+        self.confine(machine_id, pid, cpus, mem)?;
+        // The VM runs by itself once the incoming migration is complete.
+        loop {
+            if !Self::qemu_alive(pid, machine_id) {
+                return Err(MicrovmError::VmEnded {
+                    why: self.why_gone(paths, Some(&record)),
+                });
+            }
+            if let Ok(mut qmp) = Qmp::connect(&paths.qmp).await {
+                match qmp.status().await {
+                    Ok(RunState::Running) => break,
+                    Ok(RunState::Paused | RunState::Postmigrate) => {
+                        qmp.execute("cont", None).await?;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(MicrovmError::TooSlow {
+                    what: "loading the saved state",
+                });
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        let _ = std::fs::remove_file(&paths.vmstate);
+        self.connect_guest(paths, machine_id, pid, deadline).await
+    }
+
+    fn ids(&self) -> Result<Vec<String>, MicrovmError> {
         let mut ids = BTreeSet::new();
         let entries = std::fs::read_dir(&self.state_dir)
-            .map_err(|e| RuntimeError::io(format!("listing {}", self.state_dir.display()), e))?;
+            .map_err(io(format!("listing {}", self.state_dir.display())))?;
         for entry in entries.flatten() {
             if let Some(name) = entry.file_name().to_str() {
                 if validate_id(name).is_ok() && entry.path().join("boot.json").exists() {
@@ -955,128 +1075,53 @@ impl Runtime for Microvm {
         }
         Ok(ids.into_iter().collect())
     }
+}
+
+#[async_trait]
+impl Runtime for Microvm {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Microvm
+    }
+
+    fn net_attach(&self) -> NetAttachKind {
+        NetAttachKind::Tap
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": RuntimeKind::Microvm,
+            "accel": self.accel.accel.as_str(),
+            "accel_reason": self.accel.reason,
+            "kernel": self.kernel.version,
+        })
+    }
+
+    async fn boot(&self, spec: &BootSpec) -> Result<Guest, RuntimeError> {
+        Ok(self.boot_vm(spec).await?)
+    }
+
+    async fn attach(&self, machine_id: &str) -> Result<Option<Guest>, RuntimeError> {
+        Ok(self.connect(machine_id).await?)
+    }
+
+    async fn teardown(&self, machine_id: &str) -> Result<Remains, RuntimeError> {
+        Ok(self.remove(machine_id).await?)
+    }
+
+    async fn list(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(self.ids()?)
+    }
 
     fn has(&self, machine_id: &str) -> bool {
         validate_id(machine_id).is_ok() && self.paths(machine_id).record.exists()
     }
 
-    /// QEMU migrates the stopped VM to a file (memory and devices), then quits.
     async fn suspend(&self, machine_id: &str) -> Result<(), RuntimeError> {
-        validate_id(machine_id)?;
-        let paths = self.paths(machine_id);
-        let record = Self::read_record(&paths)
-            .ok_or_else(|| RuntimeError::Boot(format!("machine {machine_id} is not running")))?;
-        if !Self::qemu_alive(record.pid, machine_id) {
-            if paths.vmstate.exists() {
-                return Ok(());
-            }
-            return Err(RuntimeError::Boot(format!(
-                "machine {machine_id} is not running"
-            )));
-        }
-        let fail = |e: String| RuntimeError::Boot(format!("suspending machine {machine_id}: {e}"));
-        let mut qmp = Qmp::connect(&paths.qmp).await.map_err(fail)?;
-        qmp.execute("stop", None).await.map_err(fail)?;
-        let tmp = paths.dir.join("vmstate.tmp");
-        let uri = format!("exec:cat > {}", tmp.display());
-        qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })))
-            .await
-            .map_err(fail)?;
-        let deadline = Instant::now() + BOOT_DEADLINE;
-        loop {
-            let v = qmp.execute("query-migrate", None).await.map_err(fail)?;
-            match v["status"].as_str().unwrap_or("") {
-                "completed" => break,
-                "failed" | "cancelled" => {
-                    let _ = qmp.execute("cont", None).await;
-                    return Err(fail(format!(
-                        "migration {}: {}",
-                        v["status"],
-                        v["error-desc"].as_str().unwrap_or("")
-                    )));
-                }
-                _ if Instant::now() >= deadline => {
-                    let _ = qmp.execute("migrate_cancel", None).await;
-                    let _ = qmp.execute("cont", None).await;
-                    return Err(fail("migration did not finish in time".into()));
-                }
-                _ => sleep(Duration::from_millis(10)).await,
-            }
-        }
-        std::fs::rename(&tmp, &paths.vmstate)
-            .map_err(|e| fail(format!("storing the state: {e}")))?;
-        let _ = qmp.execute("quit", None).await;
-        drop(qmp);
-        let deadline = Instant::now() + KILL_WAIT;
-        while Self::qemu_alive(record.pid, machine_id) && Instant::now() < deadline {
-            sleep(Duration::from_millis(5)).await;
-        }
-        self.kill_qemu(machine_id, record.pid).await;
-        self.forget_ended(machine_id);
-        info!(
-            machine = machine_id,
-            "suspended to {}",
-            paths.vmstate.display()
-        );
-        Ok(())
+        self.save(machine_id).await
     }
 
-    /// A new QEMU with the same devices takes the saved state (`-incoming`) and goes on.
     async fn resume(&self, machine_id: &str) -> Result<Guest, RuntimeError> {
-        validate_id(machine_id)?;
-        let paths = self.paths(machine_id);
-        let mut record = Self::read_record(&paths).ok_or_else(|| {
-            RuntimeError::Boot(format!("machine {machine_id} has no boot to resume"))
-        })?;
-        if Self::qemu_alive(record.pid, machine_id) {
-            // Never suspended (or already resumed): the machine runs.
-            return self.attach(machine_id).await?.ok_or_else(|| {
-                RuntimeError::Boot(format!("machine {machine_id} was gone when it was resumed"))
-            });
-        }
-        if !paths.vmstate.exists() {
-            return Err(RuntimeError::Boot(format!(
-                "machine {machine_id} has no saved state to resume from"
-            )));
-        }
-        let fail = |e: String| RuntimeError::Boot(format!("resuming machine {machine_id}: {e}"));
-        let mut argv = record.argv.clone();
-        argv.extend([
-            "-incoming".into(),
-            format!("exec:cat {}", paths.vmstate.display()),
-        ]);
-        let deadline = Instant::now() + BOOT_DEADLINE;
-        let pid = self.spawn(machine_id, argv, &paths).await.map_err(fail)?;
-        record.pid = pid;
-        write_record(&paths, &record).map_err(fail)?;
-        let (cpus, mem) = parse_resources(&record.argv);
-        self.confine(machine_id, pid, cpus, mem).map_err(fail)?;
-        // The VM runs by itself once the incoming migration is complete.
-        loop {
-            if !Self::qemu_alive(pid, machine_id) {
-                return Err(fail(self.why_gone(&paths, Some(&record))));
-            }
-            if let Ok(mut qmp) = Qmp::connect(&paths.qmp).await {
-                match qmp.status().await {
-                    Ok(s) if s == "running" => break,
-                    Ok(s) if s == "paused" || s == "postmigrate" => {
-                        qmp.execute("cont", None).await.map_err(fail)?;
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(fail("the saved state was not loaded in time".into()));
-            }
-            sleep(Duration::from_millis(10)).await;
-        }
-        let _ = std::fs::remove_file(&paths.vmstate);
-        let guest = self
-            .connect_guest(&paths, machine_id, pid, deadline)
-            .await
-            .map_err(fail)?;
-        Ok(guest)
+        self.restore(machine_id).await
     }
 }
 

@@ -1,41 +1,58 @@
-//! Several runtimes on one host behind one [`Runtime`]: a default, and the others a machine
-//! may ask for with `config.guest.runtime`. A boot goes to the runtime its spec names; every
-//! other operation goes to the runtime that has the machine.
+//! The runtimes of one host: a default, and the others a machine may ask for with
+//! `config.guest.runtime`. A boot goes to the runtime its spec names; every other operation
+//! goes to the runtime that has the machine. This is routing, not a backend: it is not a
+//! [`Runtime`] itself, so a backend never has to answer for another.
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
+use hangar_types::RuntimeKind;
 
 use crate::{BootSpec, Guest, NetAttachKind, Remains, Runtime, RuntimeError};
 
 pub struct Runtimes {
-    /// The default first.
+    /// The default first; one of each kind.
     all: Vec<Arc<dyn Runtime>>,
 }
 
 impl Runtimes {
     /// `default` serves machines that name no runtime; `others` those that name theirs.
     pub fn new(default: Arc<dyn Runtime>, others: Vec<Arc<dyn Runtime>>) -> Runtimes {
-        let default_kind = default.kind();
         let mut all = vec![default];
-        all.extend(others.into_iter().filter(|r| r.kind() != default_kind));
+        for other in others {
+            if all.iter().all(|r| r.kind() != other.kind()) {
+                all.push(other);
+            }
+        }
         Runtimes { all }
     }
 
-    fn by_kind(&self, kind: Option<&str>) -> Result<&Arc<dyn Runtime>, RuntimeError> {
-        match kind {
-            None => Ok(&self.all[0]),
-            Some(k) => self.all.iter().find(|r| r.kind() == k).ok_or_else(|| {
-                RuntimeError::Unavailable(format!(
-                    "runtime {k:?} is not available on this host (it runs {})",
-                    self.kinds().join(", ")
-                ))
-            }),
-        }
+    /// A host with one runtime.
+    pub fn single(runtime: Arc<dyn Runtime>) -> Runtimes {
+        Runtimes::new(runtime, Vec::new())
     }
 
-    fn kinds(&self) -> Vec<&'static str> {
-        self.all.iter().map(|r| r.kind()).collect()
+    /// The kind machines that name none get.
+    pub fn default_kind(&self) -> RuntimeKind {
+        self.all[0].kind()
+    }
+
+    /// Whether machines can ask this host for runtime `kind`.
+    pub fn provides(&self, kind: RuntimeKind) -> bool {
+        self.all.iter().any(|r| r.kind() == kind)
+    }
+
+    /// The runtime that boots a machine asking for `kind` (`None`: the default).
+    fn for_boot(&self, kind: Option<RuntimeKind>) -> Result<&Arc<dyn Runtime>, RuntimeError> {
+        let Some(kind) = kind else {
+            return Ok(&self.all[0]);
+        };
+        self.all.iter().find(|r| r.kind() == kind).ok_or_else(|| {
+            let kinds: Vec<String> = self.all.iter().map(|r| r.kind().to_string()).collect();
+            RuntimeError::Unavailable(format!(
+                "runtime {kind:?} is not available on this host (it runs {})",
+                kinds.join(", ")
+            ))
+        })
     }
 
     /// The runtime that has the machine; the default when none does.
@@ -45,42 +62,33 @@ impl Runtimes {
             .find(|r| r.has(machine_id))
             .unwrap_or(&self.all[0])
     }
-}
 
-#[async_trait]
-impl Runtime for Runtimes {
-    fn kind(&self) -> &'static str {
-        self.all[0].kind()
-    }
-
-    fn provides(&self, kind: &str) -> bool {
-        self.all.iter().any(|r| r.provides(kind))
-    }
-
-    fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> serde_json::Value {
         serde_json::json!({
-            "default": self.kind(),
+            "default": self.default_kind(),
             "runtimes": self.all.iter().map(|r| r.status()).collect::<Vec<_>>(),
         })
     }
 
-    fn has(&self, machine_id: &str) -> bool {
+    pub fn has(&self, machine_id: &str) -> bool {
         self.all.iter().any(|r| r.has(machine_id))
     }
 
-    /// The runtime that will boot it decides (an unknown runtime fails the boot anyway).
-    fn net_attach(&self, runtime: Option<&str>) -> NetAttachKind {
-        self.by_kind(runtime)
-            .map(|r| r.net_attach(runtime))
+    /// How a machine asking for `kind` will plug into a host network (an unknown runtime
+    /// fails the boot anyway).
+    pub fn net_attach(&self, kind: Option<RuntimeKind>) -> NetAttachKind {
+        self.for_boot(kind)
+            .map(|r| r.net_attach())
             .unwrap_or(NetAttachKind::Netns)
     }
 
-    fn net_attach_of(&self, machine_id: &str) -> NetAttachKind {
-        self.owner(machine_id).net_attach_of(machine_id)
+    /// How machine `machine_id`, booted earlier, is plugged into a host network.
+    pub fn net_attach_of(&self, machine_id: &str) -> NetAttachKind {
+        self.owner(machine_id).net_attach()
     }
 
-    async fn boot(&self, spec: &BootSpec) -> Result<Guest, RuntimeError> {
-        let runtime = self.by_kind(spec.runtime.as_deref())?;
+    pub async fn boot(&self, spec: &BootSpec) -> Result<Guest, RuntimeError> {
+        let runtime = self.for_boot(spec.runtime)?;
         // A machine that switched runtimes (an update) may have left a boot in the other.
         for other in &self.all {
             if !Arc::ptr_eq(other, runtime) && other.has(&spec.machine_id) {
@@ -90,11 +98,13 @@ impl Runtime for Runtimes {
         runtime.boot(spec).await
     }
 
-    async fn attach(&self, machine_id: &str) -> Result<Option<Guest>, RuntimeError> {
+    pub async fn attach(&self, machine_id: &str) -> Result<Option<Guest>, RuntimeError> {
         self.owner(machine_id).attach(machine_id).await
     }
 
-    async fn teardown(&self, machine_id: &str) -> Result<Remains, RuntimeError> {
+    /// Tears the machine down in every runtime that has anything of it (and the default,
+    /// which cleans up a boot that failed before it left a trace `has` sees).
+    pub async fn teardown(&self, machine_id: &str) -> Result<Remains, RuntimeError> {
         let mut remains = Remains::default();
         for r in &self.all {
             if r.has(machine_id) || Arc::ptr_eq(r, &self.all[0]) {
@@ -106,7 +116,7 @@ impl Runtime for Runtimes {
         Ok(remains)
     }
 
-    async fn list(&self) -> Result<Vec<String>, RuntimeError> {
+    pub async fn list(&self) -> Result<Vec<String>, RuntimeError> {
         let mut ids = Vec::new();
         for r in &self.all {
             ids.extend(r.list().await?);
@@ -116,11 +126,11 @@ impl Runtime for Runtimes {
         Ok(ids)
     }
 
-    async fn suspend(&self, machine_id: &str) -> Result<(), RuntimeError> {
+    pub async fn suspend(&self, machine_id: &str) -> Result<(), RuntimeError> {
         self.owner(machine_id).suspend(machine_id).await
     }
 
-    async fn resume(&self, machine_id: &str) -> Result<Guest, RuntimeError> {
+    pub async fn resume(&self, machine_id: &str) -> Result<Guest, RuntimeError> {
         self.owner(machine_id).resume(machine_id).await
     }
 }

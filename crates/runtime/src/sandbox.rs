@@ -21,7 +21,7 @@
 //! makes itself the subreaper ([`become_subreaper`]) and teardown reaps the init by pid.
 
 mod bundle;
-pub(crate) mod host;
+mod error;
 
 use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;
@@ -36,9 +36,12 @@ use tokio::process::Command;
 use tokio::time::{sleep, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
+use crate::host::{self, Cgroups, ElfProblem};
 use crate::keeper::{Ended, Keeper};
-use crate::{BootSpec, Guest, NetAttach, Remains, Runtime, RuntimeError};
-use host::{Cgroups, ElfProblem};
+use crate::{BootSpec, Guest, NetAttach, NetAttachKind, Remains, Runtime, RuntimeError};
+use error::{io, Gone, RuncState};
+pub use error::{RuncError, RuncStatus, SandboxError};
+use hangar_types::RuntimeKind;
 use std::sync::Arc;
 
 /// A Unix socket path must fit `sun_path` (108 bytes with its NUL).
@@ -114,21 +117,12 @@ struct Paths {
 }
 
 /// Machine ids become directory names, cgroup names and runc container ids.
-fn validate_id(id: &str) -> Result<(), String> {
-    if crate::is_valid_machine_id(id) && id != RUNC_DIR {
+fn validate_id(id: &str) -> Result<(), SandboxError> {
+    if host::is_valid_machine_id(id) && id != RUNC_DIR {
         Ok(())
     } else {
-        Err(format!(
-            "invalid machine id {id:?}: expected 1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit (and not \"{RUNC_DIR}\")"
-        ))
+        Err(SandboxError::InvalidId(id.to_string()))
     }
-}
-
-fn invalid_id(message: String) -> RuntimeError {
-    RuntimeError::io(
-        message,
-        std::io::Error::from(std::io::ErrorKind::InvalidInput),
-    )
 }
 
 /// The meaningful line of a runc failure: the last error in its JSON log, else its stderr.
@@ -141,12 +135,6 @@ fn runc_error(log: &Path, stderr: &[u8]) -> String {
             .find_map(|v| v["msg"].as_str().map(String::from))
     });
     from_log.unwrap_or_else(|| String::from_utf8_lossy(stderr).trim().to_string())
-}
-
-#[derive(Debug)]
-struct RuncState {
-    status: String,
-    pid: i32,
 }
 
 impl Sandbox {
@@ -214,7 +202,8 @@ impl Sandbox {
         let cgroups = Cgroups::detect();
         let keeper = match config.keeper {
             Some(command) => Some(Arc::new(
-                Keeper::ensure(&state_dir, command).map_err(RuntimeError::Unavailable)?,
+                Keeper::ensure(&state_dir, command)
+                    .map_err(|e| RuntimeError::Unavailable(e.to_string()))?,
             )),
             None => None,
         };
@@ -255,87 +244,93 @@ impl Sandbox {
         cmd
     }
 
-    /// Runs a runc subcommand to completion; its stderr on failure.
-    async fn runc(&self, args: &[&str]) -> Result<Vec<u8>, String> {
+    /// Runs a runc subcommand to completion; its stdout.
+    async fn runc(&self, args: &[&str]) -> Result<Vec<u8>, RuncError> {
         let out = self
             .runc_cmd()
             .args(args)
             .output()
             .await
-            .map_err(|e| format!("cannot run {}: {e}", self.runc.display()))?;
+            .map_err(|source| RuncError::Spawn {
+                binary: self.runc.clone(),
+                source,
+            })?;
         if out.status.success() {
             Ok(out.stdout)
         } else {
-            Err(format!(
-                "runc {}: {}",
-                args.join(" "),
-                runc_error(Path::new(""), &out.stderr)
-            ))
+            Err(RuncError::Failed {
+                command: args.join(" "),
+                message: runc_error(Path::new(""), &out.stderr),
+            })
         }
     }
 
-    async fn runc_state(&self, id: &str) -> Option<RuncState> {
+    /// Whether runc has a container of this id: its state directory under `--root`.
+    fn runc_has(&self, id: &str) -> bool {
+        self.runc_root.join(id).exists()
+    }
+
+    /// What runc says of the container; `None` when runc has none of that id.
+    async fn runc_state(&self, id: &str) -> Result<Option<RuncState>, RuncError> {
+        if !self.runc_has(id) {
+            return Ok(None);
+        }
         match self.runc(&["state", id]).await {
-            Ok(out) => {
-                let v: serde_json::Value = match serde_json::from_slice(&out) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        warn!(machine = id, error = %e, "unreadable runc state");
-                        return None;
-                    }
-                };
-                Some(RuncState {
-                    status: v["status"].as_str().unwrap_or("unknown").to_string(),
-                    pid: v["pid"]
-                        .as_i64()
-                        .and_then(|p| i32::try_from(p).ok())
-                        .unwrap_or(0),
-                })
-            }
-            Err(e) => {
-                if !e.contains("does not exist") {
-                    warn!(machine = id, error = %e, "runc state failed");
-                }
-                None
-            }
+            Ok(out) => serde_json::from_slice(&out)
+                .map(Some)
+                .map_err(|source| RuncError::State {
+                    id: id.to_string(),
+                    source,
+                }),
+            // Deleted between the look and the ask.
+            Err(_) if !self.runc_has(id) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
-    fn check_spec(&self, spec: &BootSpec, paths: &Paths) -> Result<(), String> {
+    /// [`Sandbox::runc_state`] for callers that go on without it: a failure is logged.
+    async fn runc_state_or_none(&self, id: &str) -> Option<RuncState> {
+        self.runc_state(id).await.unwrap_or_else(|e| {
+            warn!(machine = id, error = %e, "runc state failed");
+            None
+        })
+    }
+
+    fn check_spec(&self, spec: &BootSpec, paths: &Paths) -> Result<(), SandboxError> {
         let socket_len = paths.socket.as_os_str().len();
         if socket_len > SOCKET_PATH_MAX {
-            return Err(format!(
+            return Err(SandboxError::Spec(format!(
                 "the control socket path {} is {socket_len} bytes, over the {SOCKET_PATH_MAX}-byte limit of Unix socket paths; use a shorter state_dir",
                 paths.socket.display()
-            ));
+            )));
         }
         if spec.layers.is_empty() {
-            return Err("the image has no layers".into());
+            return Err(SandboxError::Spec("the image has no layers".into()));
         }
         for layer in &spec.layers {
             let bytes = layer.as_os_str().as_bytes();
             if !layer.is_absolute() || bytes.iter().any(|b| matches!(b, b':' | b',' | b'\\')) {
-                return Err(format!(
+                return Err(SandboxError::Spec(format!(
                     "layer path {} cannot be used in an overlay mount: it must be absolute and free of ':', ',' and '\\'",
                     layer.display()
-                ));
+                )));
             }
         }
         if spec.resources.memory_mb == 0 || spec.resources.cpus == 0 {
-            return Err(format!(
+            return Err(SandboxError::Spec(format!(
                 "resources must be positive (got {} cpus, {} MB of memory)",
                 spec.resources.cpus, spec.resources.memory_mb
-            ));
+            )));
         }
         Ok(())
     }
 
     /// Mounts the layers (lowest first in the spec; overlayfs wants the top one first) under
     /// the fresh upper directory.
-    fn mount_rootfs(&self, layers: &[PathBuf], paths: &Paths) -> Result<(), String> {
+    fn mount_rootfs(&self, layers: &[PathBuf], paths: &Paths) -> Result<(), SandboxError> {
         let lower: Vec<&str> = layers.iter().rev().filter_map(|l| l.to_str()).collect();
         if lower.len() != layers.len() {
-            return Err("layer paths must be UTF-8".into());
+            return Err(SandboxError::Spec("layer paths must be UTF-8".into()));
         }
         let data = format!(
             "lowerdir={},upperdir={},workdir={}",
@@ -349,11 +344,11 @@ impl Sandbox {
             .unwrap_or(4096) as usize
             - 1;
         if data.len() > limit {
-            return Err(format!(
+            return Err(SandboxError::Spec(format!(
                 "the overlay mount options for {} layers are {} bytes, over the kernel's {limit}-byte limit; store layers under a shorter path",
                 layers.len(),
                 data.len()
-            ));
+            )));
         }
         mount(
             Some("overlay"),
@@ -363,16 +358,13 @@ impl Sandbox {
             Some(data.as_str()),
         )
         .map_err(|e| match layers.iter().find(|l| !l.is_dir()) {
-            Some(missing) => format!(
-                "image layer {} is missing or not a directory",
-                missing.display()
-            ),
-            None => format!("mounting the overlay root filesystem: {}", e.desc()),
+            Some(missing) => SandboxError::MissingLayer(missing.clone()),
+            None => SandboxError::Mount(e),
         })
     }
 
     /// Everything of a boot up to a connected guest; the caller tears down on error.
-    async fn start(&self, spec: &BootSpec, paths: &Paths) -> Result<Guest, String> {
+    async fn start(&self, spec: &BootSpec, paths: &Paths) -> Result<Guest, SandboxError> {
         let id = spec.machine_id.as_str();
         let t0 = std::time::Instant::now();
         for dir in [
@@ -382,16 +374,16 @@ impl Sandbox {
             &paths.work,
             &paths.ctl,
         ] {
-            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         }
         self.mount_rootfs(&spec.layers, paths)?;
 
         let mut launch = spec.launch.clone();
         launch.control = bundle::CONTROL_IN_GUEST.to_string();
         let launch_json =
-            serde_json::to_vec(&launch).map_err(|e| format!("encoding the launch spec: {e}"))?;
+            serde_json::to_vec(&launch).map_err(|e| io("encoding the launch spec")(e.into()))?;
         std::fs::write(&paths.launch, launch_json)
-            .map_err(|e| format!("writing {}: {e}", paths.launch.display()))?;
+            .map_err(io(format!("writing {}", paths.launch.display())))?;
 
         let hostname = if launch.hostname.is_empty() {
             id
@@ -408,17 +400,15 @@ impl Sandbox {
             None => None,
             Some(NetAttach::Netns(path)) => Some(path.as_path()),
             Some(NetAttach::Tap { ifname, .. }) => {
-                return Err(format!(
-                    "a sandbox joins a network namespace; it cannot use the tap device {ifname}"
-                ))
+                return Err(SandboxError::TapAttach(ifname.clone()))
             }
         };
         let config = bundle::spec(hostname, id, &bundle_paths, spec.resources, netns)
-            .map_err(|e| format!("building the runtime spec: {e}"))?;
+            .map_err(|e| SandboxError::Spec(format!("building the runtime spec: {e}")))?;
         let config_json =
-            serde_json::to_vec(&config).map_err(|e| format!("encoding the runtime spec: {e}"))?;
+            serde_json::to_vec(&config).map_err(|e| io("encoding the runtime spec")(e.into()))?;
         std::fs::write(&paths.config, config_json)
-            .map_err(|e| format!("writing {}: {e}", paths.config.display()))?;
+            .map_err(io(format!("writing {}", paths.config.display())))?;
 
         let deadline = Instant::now() + BOOT_DEADLINE;
         // With --detach and no terminal, runc hands its own stdio to the container's init:
@@ -462,18 +452,19 @@ impl Sandbox {
                 _ = tokio::time::sleep_until(deadline) => {
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(runc_pid), nix::sys::signal::Signal::SIGKILL);
                     let _ = runc_done.await;
-                    return Err(format!("runc run did not finish within {}s", BOOT_DEADLINE.as_secs()));
+                    return Err(RuncError::Timeout { command: "run".into(), secs: BOOT_DEADLINE.as_secs() }.into());
                 }
             }
         };
         let runc_exited = t0.elapsed();
-        let success = status.map_err(|e| format!("waiting for runc: {e}"))?;
+        let success = status?;
         if !success {
             let error = runc_error(&paths.runc_log, b"");
-            return Err(format!(
-                "runc run failed: {}",
-                error.trim_start_matches("runc run failed: ")
-            ));
+            return Err(RuncError::Failed {
+                command: "run".into(),
+                message: error.trim_start_matches("runc run failed: ").to_string(),
+            }
+            .into());
         }
         let stream = match stream {
             Some(s) => s,
@@ -481,23 +472,23 @@ impl Sandbox {
                 let pid = std::fs::read_to_string(&paths.pid_file)
                     .ok()
                     .and_then(|s| s.trim().parse::<i32>().ok())
-                    .ok_or_else(|| format!("runc did not write {}", paths.pid_file.display()))?;
+                    .ok_or_else(|| RuncError::Failed {
+                        command: "run".into(),
+                        message: format!("it did not write {}", paths.pid_file.display()),
+                    })?;
                 connect_socket(&paths.socket, deadline, Some((pid, &spec.log_path))).await?
             }
         };
+        let silent = |what| SandboxError::InitSilent {
+            what,
+            secs: BOOT_DEADLINE.as_secs(),
+        };
         let guest = timeout_at(deadline, Guest::connect(stream))
             .await
-            .map_err(|_| "hangar-init did not answer hello".to_string())?
-            .map_err(|e| format!("hangar-init: {e}"))?;
+            .map_err(|_| silent("answer hello"))??;
         timeout_at(deadline, guest.running())
             .await
-            .map_err(|_| {
-                format!(
-                    "hangar-init did not start the process within {}s",
-                    BOOT_DEADLINE.as_secs()
-                )
-            })?
-            .map_err(|e| format!("hangar-init: {e}"))?;
+            .map_err(|_| silent("start the process"))??;
         debug!(
             machine = id,
             ?prepared,
@@ -517,9 +508,9 @@ impl Sandbox {
     ) -> Result<
         (
             i32,
-            std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send>>,
+            std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, SandboxError>> + Send>>,
         ),
-        String,
+        SandboxError,
     > {
         match &self.keeper {
             Some(keeper) => {
@@ -527,12 +518,12 @@ impl Sandbox {
                 let log = log.to_path_buf();
                 let (pid, wait) = tokio::task::spawn_blocking(move || keeper.spawn(&argv, &log))
                     .await
-                    .map_err(|e| format!("keeper task: {e}"))??;
+                    .map_err(|e| io("keeper task")(e.into()))??;
                 let done = async move {
                     match tokio::task::spawn_blocking(wait).await {
                         Ok(Ok(ended)) => Ok(ended == Ended::Code(0)),
-                        Ok(Err(e)) => Err(e),
-                        Err(e) => Err(format!("keeper task: {e}")),
+                        Ok(Err(e)) => Err(e.into()),
+                        Err(e) => Err(io("keeper task")(e.into())),
                     }
                 };
                 Ok((pid, Box::pin(done)))
@@ -541,22 +532,27 @@ impl Sandbox {
                 let out = open_log(log)?;
                 let err = out
                     .try_clone()
-                    .map_err(|e| format!("duplicating the log descriptor: {e}"))?;
-                let (prog, args) = argv.split_first().ok_or("empty runc command")?;
+                    .map_err(io("duplicating the log descriptor"))?;
+                let (prog, args) = argv
+                    .split_first()
+                    .ok_or_else(|| SandboxError::Spec("empty runc command".into()))?;
                 let mut child = Command::new(prog)
                     .args(args)
                     .stdin(Stdio::null())
                     .stdout(out)
                     .stderr(err)
                     .spawn()
-                    .map_err(|e| format!("cannot run {}: {e}", self.runc.display()))?;
+                    .map_err(|source| RuncError::Spawn {
+                        binary: self.runc.clone(),
+                        source,
+                    })?;
                 let pid = child.id().map(|p| p as i32).unwrap_or(0);
                 let done = async move {
                     child
                         .wait()
                         .await
                         .map(|s| s.success())
-                        .map_err(|e| e.to_string())
+                        .map_err(io("waiting for runc"))
                 };
                 Ok((pid, Box::pin(done)))
             }
@@ -564,38 +560,38 @@ impl Sandbox {
     }
 
     /// Unmounts whatever is mounted under the machine's directory and removes it.
-    fn remove_files(dir: &Path) -> Result<(), RuntimeError> {
+    fn remove_files(dir: &Path) -> Result<(), SandboxError> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|e| RuntimeError::io("reading /proc/self/mountinfo", e))?;
+            .map_err(io("reading /proc/self/mountinfo"))?;
         for target in host::mounts_under(&mountinfo, dir) {
             match umount2(&target, MntFlags::empty()) {
                 Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
                 Err(nix::errno::Errno::EBUSY) => {
                     warn!(mount = %target.display(), "busy; detaching it");
-                    umount2(&target, MntFlags::MNT_DETACH).map_err(|e| {
-                        RuntimeError::io(
-                            format!("unmounting {}", target.display()),
-                            std::io::Error::from(e),
-                        )
+                    umount2(&target, MntFlags::MNT_DETACH).map_err(|errno| {
+                        SandboxError::Unmount {
+                            path: target.clone(),
+                            errno,
+                        }
                     })?;
                 }
-                Err(e) => {
-                    return Err(RuntimeError::io(
-                        format!("unmounting {}", target.display()),
-                        std::io::Error::from(e),
-                    ))
+                Err(errno) => {
+                    return Err(SandboxError::Unmount {
+                        path: target,
+                        errno,
+                    })
                 }
             }
         }
         match std::fs::remove_dir_all(dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(RuntimeError::io(format!("removing {}", dir.display()), e)),
+            Err(e) => Err(io(format!("removing {}", dir.display()))(e)),
         }
     }
 }
 
-fn open_log(path: &Path) -> Result<std::fs::File, String> {
+fn open_log(path: &Path) -> Result<std::fs::File, SandboxError> {
     let open = || {
         std::fs::OpenOptions::new()
             .append(true)
@@ -606,29 +602,29 @@ fn open_log(path: &Path) -> Result<std::fs::File, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)
-                    .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+                    .map_err(io(format!("creating {}", parent.display())))?;
             }
             open()
         }
         other => other,
     }
-    .map_err(|e| format!("opening the machine log {}: {e}", path.display()))
+    .map_err(io(format!("opening the machine log {}", path.display())))
 }
 
 /// Whether a process is still around; reaps it when it is a dead child of ours. Never waits
 /// on a live process, so no status is taken from anyone else's waiter (tokio's included).
-fn reap_if_dead(pid: i32) -> Option<String> {
+fn reap_if_dead(pid: i32) -> Option<Gone> {
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     match host::proc_state(pid) {
-        None => Some("is gone".into()),
+        None => Some(Gone::Missing),
         Some('Z') => match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => Some(format!("exited with status {code}")),
-            Ok(WaitStatus::Signaled(_, sig, _)) => Some(format!("was killed by {sig}")),
+            Ok(WaitStatus::Exited(_, code)) => Some(Gone::Exited(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Some(Gone::Signaled(sig)),
             // A thread group leader shows as a zombie while its other threads still exit; it
             // cannot be reaped until they have.
             Ok(WaitStatus::StillAlive) => None,
             // Not our child (a server restart since the boot): nothing we can reap.
-            _ => Some("is dead".into()),
+            _ => Some(Gone::Dead),
         },
         Some(_) => None,
     }
@@ -640,7 +636,7 @@ async fn connect_socket(
     socket: &Path,
     deadline: Instant,
     init: Option<(i32, &Path)>,
-) -> Result<UnixStream, String> {
+) -> Result<UnixStream, SandboxError> {
     loop {
         match UnixStream::connect(socket).await {
             Ok(s) => return Ok(s),
@@ -649,22 +645,21 @@ async fn connect_socket(
                     e.kind(),
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
                 ) => {}
-            Err(e) => return Err(format!("connecting to {}: {e}", socket.display())),
+            Err(e) => return Err(io(format!("connecting to {}", socket.display()))(e)),
         }
         if let Some((pid, log)) = init {
             if let Some(how) = reap_if_dead(pid) {
-                return Err(format!(
-                    "hangar-init {how} before opening its control channel; its messages are in {}",
-                    log.display()
-                ));
+                return Err(SandboxError::InitDied {
+                    how,
+                    log: log.to_path_buf(),
+                });
             }
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "hangar-init did not open {} within {}s",
-                socket.display(),
-                BOOT_DEADLINE.as_secs()
-            ));
+            return Err(SandboxError::InitSilent {
+                what: "open its control socket",
+                secs: BOOT_DEADLINE.as_secs(),
+            });
         }
         sleep(Duration::from_millis(1)).await;
     }
@@ -687,22 +682,15 @@ async fn wait_gone(pid: i32) {
     }
 }
 
-#[async_trait]
-impl Runtime for Sandbox {
-    fn kind(&self) -> &'static str {
-        "sandbox"
-    }
-
-    async fn boot(&self, spec: &BootSpec) -> Result<Guest, RuntimeError> {
+impl Sandbox {
+    async fn boot_sandbox(&self, spec: &BootSpec) -> Result<Guest, SandboxError> {
         let id = spec.machine_id.as_str();
-        validate_id(id).map_err(RuntimeError::Boot)?;
+        validate_id(id)?;
         let paths = self.paths(id);
-        self.check_spec(spec, &paths).map_err(RuntimeError::Boot)?;
-        if paths.dir.exists() || self.runc_root.join(id).exists() {
+        self.check_spec(spec, &paths)?;
+        if paths.dir.exists() || self.runc_has(id) {
             info!(machine = id, "cleaning up what an earlier boot left");
-            self.teardown(id)
-                .await
-                .map_err(|e| RuntimeError::Boot(format!("cleaning up the previous boot: {e}")))?;
+            self.remove(id).await?;
         }
         let started = std::time::Instant::now();
         match self.start(spec, &paths).await {
@@ -711,51 +699,49 @@ impl Runtime for Sandbox {
                 Ok(guest)
             }
             Err(reason) => {
-                if let Err(e) = self.teardown(id).await {
+                if let Err(e) = self.remove(id).await {
                     warn!(machine = id, error = %e, "could not clean up the failed boot");
                 }
-                Err(RuntimeError::Boot(reason))
+                Err(reason)
             }
         }
     }
 
-    async fn attach(&self, machine_id: &str) -> Result<Option<Guest>, RuntimeError> {
-        validate_id(machine_id).map_err(invalid_id)?;
-        if !self.runc_root.join(machine_id).exists() {
-            return Ok(None);
-        }
-        match self.runc_state(machine_id).await {
-            Some(state) if state.status == "running" => {}
+    async fn connect(&self, machine_id: &str) -> Result<Option<Guest>, SandboxError> {
+        validate_id(machine_id)?;
+        match self.runc_state_or_none(machine_id).await {
+            Some(state) if state.status == RuncStatus::Running => {}
             _ => return Ok(None),
         }
         let socket = self.paths(machine_id).socket;
         let stream = UnixStream::connect(&socket)
             .await
-            .map_err(|e| RuntimeError::io(format!("connecting to {}", socket.display()), e))?;
+            .map_err(io(format!("connecting to {}", socket.display())))?;
         let guest = tokio::time::timeout(ATTACH_DEADLINE, Guest::connect(stream))
             .await
-            .map_err(|_| RuntimeError::Guest(crate::GuestError::Timeout))??;
+            .map_err(|_| crate::GuestError::Timeout)??;
         Ok(Some(guest))
     }
 
-    async fn teardown(&self, machine_id: &str) -> Result<Remains, RuntimeError> {
-        validate_id(machine_id).map_err(invalid_id)?;
+    /// Everything of the machine off the host: its processes, container, cgroups and files.
+    async fn remove(&self, machine_id: &str) -> Result<Remains, SandboxError> {
+        validate_id(machine_id)?;
         let id = machine_id;
         let paths = self.paths(id);
         let cgroup = bundle::cgroups_path(id);
         // Before runc deletes the cgroup and its counters with it.
         let oom_kills = self.cgroups.oom_kills(&cgroup);
 
-        if self.runc_root.join(id).exists() {
-            let state = self.runc_state(id).await;
+        if self.runc_has(id) {
+            let state = self.runc_state_or_none(id).await;
             if let Some(state) = &state {
-                if state.status == "paused" {
+                if state.status == RuncStatus::Paused {
                     // A frozen process takes no signal until it is thawed.
                     if let Err(e) = self.runc(&["resume", id]).await {
                         warn!(machine = id, error = %e, "could not thaw a suspended machine");
                     }
                 }
-                if state.status != "stopped" {
+                if state.status != RuncStatus::Stopped {
                     // The init is the pid namespace's PID 1: killing it kills everything in it.
                     if let Err(e) = self.runc(&["kill", id, "KILL"]).await {
                         debug!(machine = id, error = %e, "runc kill");
@@ -776,12 +762,10 @@ impl Runtime for Sandbox {
             if let Some(pid) = pid {
                 wait_gone(pid).await;
             }
-            if let Err(e) = self.runc(&["delete", "--force", id]).await {
-                if !e.contains("does not exist") {
-                    return Err(RuntimeError::io(
-                        "tearing the container down",
-                        std::io::Error::other(e),
-                    ));
+            match self.runc(&["delete", "--force", id]).await {
+                Err(_) if !self.runc_has(id) => {}
+                other => {
+                    other?;
                 }
             }
         }
@@ -796,9 +780,7 @@ impl Runtime for Sandbox {
         let dir = paths.dir.clone();
         tokio::task::spawn_blocking(move || Sandbox::remove_files(&dir))
             .await
-            .map_err(|e| {
-                RuntimeError::io("teardown task", std::io::Error::other(e.to_string()))
-            })??;
+            .map_err(|e| io("teardown task")(e.into()))??;
         Ok(Remains {
             oom_killed: oom_kills > 0,
             reason: None,
@@ -806,52 +788,48 @@ impl Runtime for Sandbox {
     }
 
     /// The cgroup freezer (`runc pause`): every process stops where it is, memory kept.
-    async fn suspend(&self, machine_id: &str) -> Result<(), RuntimeError> {
-        validate_id(machine_id).map_err(invalid_id)?;
-        match self.runc_state(machine_id).await {
-            Some(state) if state.status == "paused" => return Ok(()),
-            Some(state) if state.status == "running" => {}
+    async fn pause(&self, machine_id: &str) -> Result<(), RuntimeError> {
+        validate_id(machine_id)?;
+        match self
+            .runc_state(machine_id)
+            .await
+            .map_err(SandboxError::from)?
+        {
+            Some(state) if state.status == RuncStatus::Paused => return Ok(()),
+            Some(state) if state.status == RuncStatus::Running => {}
             Some(state) => {
-                return Err(RuntimeError::Boot(format!(
-                    "machine {machine_id} is {} and cannot be suspended",
-                    state.status
-                )))
+                return Err(SandboxError::CannotSuspend {
+                    machine_id: machine_id.to_string(),
+                    status: state.status,
+                }
+                .into())
             }
-            None => {
-                return Err(RuntimeError::Boot(format!(
-                    "machine {machine_id} is not running"
-                )))
-            }
+            None => return Err(RuntimeError::NotRunning(machine_id.to_string())),
         }
         self.runc(&["pause", machine_id])
             .await
-            .map_err(|e| RuntimeError::io("suspending the machine", std::io::Error::other(e)))?;
+            .map_err(SandboxError::from)?;
         Ok(())
     }
 
-    async fn resume(&self, machine_id: &str) -> Result<Guest, RuntimeError> {
-        validate_id(machine_id).map_err(invalid_id)?;
-        if let Some(state) = self.runc_state(machine_id).await {
-            if state.status == "paused" {
-                self.runc(&["resume", machine_id]).await.map_err(|e| {
-                    RuntimeError::io("resuming the machine", std::io::Error::other(e))
-                })?;
+    async fn unpause(&self, machine_id: &str) -> Result<Guest, RuntimeError> {
+        validate_id(machine_id)?;
+        if let Some(state) = self.runc_state_or_none(machine_id).await {
+            if state.status == RuncStatus::Paused {
+                self.runc(&["resume", machine_id])
+                    .await
+                    .map_err(SandboxError::from)?;
             }
         }
-        self.attach(machine_id).await?.ok_or_else(|| {
-            RuntimeError::Boot(format!("machine {machine_id} was gone when it was resumed"))
-        })
+        self.connect(machine_id)
+            .await?
+            .ok_or_else(|| RuntimeError::Vanished(machine_id.to_string()))
     }
 
-    fn has(&self, machine_id: &str) -> bool {
-        validate_id(machine_id).is_ok()
-            && (self.paths(machine_id).dir.exists() || self.runc_root.join(machine_id).exists())
-    }
-
-    async fn list(&self) -> Result<Vec<String>, RuntimeError> {
+    async fn ids(&self) -> Result<Vec<String>, SandboxError> {
         let mut ids = BTreeSet::new();
         let entries = std::fs::read_dir(&self.state_dir)
-            .map_err(|e| RuntimeError::io(format!("listing {}", self.state_dir.display()), e))?;
+            .map_err(io(format!("listing {}", self.state_dir.display())))?;
         for entry in entries.flatten() {
             if let Some(name) = entry.file_name().to_str() {
                 if validate_id(name).is_ok() && entry.path().is_dir() {
@@ -859,10 +837,7 @@ impl Runtime for Sandbox {
                 }
             }
         }
-        let out = self
-            .runc(&["list", "--quiet"])
-            .await
-            .map_err(|e| RuntimeError::io("listing containers", std::io::Error::other(e)))?;
+        let out = self.runc(&["list", "--quiet"]).await?;
         ids.extend(
             String::from_utf8_lossy(&out)
                 .lines()
@@ -871,6 +846,46 @@ impl Runtime for Sandbox {
                 .map(String::from),
         );
         Ok(ids.into_iter().collect())
+    }
+}
+
+#[async_trait]
+impl Runtime for Sandbox {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Sandbox
+    }
+
+    fn net_attach(&self) -> NetAttachKind {
+        NetAttachKind::Netns
+    }
+
+    async fn boot(&self, spec: &BootSpec) -> Result<Guest, RuntimeError> {
+        Ok(self.boot_sandbox(spec).await?)
+    }
+
+    async fn attach(&self, machine_id: &str) -> Result<Option<Guest>, RuntimeError> {
+        Ok(self.connect(machine_id).await?)
+    }
+
+    async fn teardown(&self, machine_id: &str) -> Result<Remains, RuntimeError> {
+        Ok(self.remove(machine_id).await?)
+    }
+
+    async fn suspend(&self, machine_id: &str) -> Result<(), RuntimeError> {
+        self.pause(machine_id).await
+    }
+
+    async fn resume(&self, machine_id: &str) -> Result<Guest, RuntimeError> {
+        self.unpause(machine_id).await
+    }
+
+    fn has(&self, machine_id: &str) -> bool {
+        validate_id(machine_id).is_ok()
+            && (self.paths(machine_id).dir.exists() || self.runc_has(machine_id))
+    }
+
+    async fn list(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(self.ids().await?)
     }
 }
 

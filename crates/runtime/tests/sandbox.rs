@@ -19,7 +19,7 @@ use std::time::Duration;
 use hangar_proto::{ExecSpec, ExitStatus, FileSpec, LaunchSpec, MainProcess, ProcessSpec};
 use hangar_runtime::{
     become_subreaper, BootSpec, ExecOutput, Guest, GuestError, Remains, Resources, Runtime,
-    RuntimeError, Sandbox, SandboxConfig,
+    RuntimeError, Sandbox, SandboxConfig, SandboxError,
 };
 
 const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -782,7 +782,7 @@ async fn a_failed_boot_leaves_nothing_behind() {
     spec.layers.push(t.dir.path().join("no-such-layer"));
     let err = t.sandbox.boot(&spec).await.unwrap_err();
     assert!(
-        matches!(&err, RuntimeError::Boot(m) if m.contains("no-such-layer")),
+        matches!(&err, RuntimeError::Sandbox(SandboxError::MissingLayer(p)) if p.ends_with("no-such-layer")),
         "{err}"
     );
     t.assert_gone(None);
@@ -790,14 +790,14 @@ async fn a_failed_boot_leaves_nothing_behind() {
     let mut spec = t.spec(&["true"]);
     spec.machine_id = "../escape".into();
     assert!(
-        matches!(t.sandbox.boot(&spec).await, Err(RuntimeError::Boot(m)) if m.contains("invalid machine id"))
+        matches!(t.sandbox.boot(&spec).await, Err(RuntimeError::Sandbox(SandboxError::InvalidId(id))) if id == "../escape")
     );
     assert!(t.sandbox.teardown("../escape").await.is_err());
 
     let mut spec = t.spec(&["true"]);
     spec.resources.memory_mb = 0;
     assert!(
-        matches!(t.sandbox.boot(&spec).await, Err(RuntimeError::Boot(m)) if m.contains("resources"))
+        matches!(t.sandbox.boot(&spec).await, Err(RuntimeError::Sandbox(SandboxError::Spec(m))) if m.contains("resources"))
     );
     t.assert_gone(None);
 }
@@ -1061,7 +1061,7 @@ async fn paths_too_long_for_the_kernel_are_refused_clearly() {
     spec.layers = vec![long; 30];
     let err = t.sandbox.boot(&spec).await.unwrap_err();
     assert!(
-        matches!(&err, RuntimeError::Boot(m) if m.contains("overlay mount options")),
+        matches!(&err, RuntimeError::Sandbox(SandboxError::Spec(m)) if m.contains("overlay mount options")),
         "{err}"
     );
     t.assert_gone(None);
@@ -1071,7 +1071,7 @@ async fn paths_too_long_for_the_kernel_are_refused_clearly() {
     let sandbox = Sandbox::new(SandboxConfig::new(&deep, init_binary())).unwrap();
     let err = sandbox.boot(&t.spec(&["true"])).await.unwrap_err();
     assert!(
-        matches!(&err, RuntimeError::Boot(m) if m.contains("107-byte limit")),
+        matches!(&err, RuntimeError::Sandbox(SandboxError::Spec(m)) if m.contains("107-byte limit")),
         "{err}"
     );
     assert!(!deep.join(&t.id).exists());
@@ -1085,7 +1085,7 @@ async fn a_machine_that_dies_while_booting_is_cleaned_up() {
     // right after it, and must leave nothing behind either way.
     spec.resources.memory_mb = 1;
     match t.sandbox.boot(&spec).await {
-        Err(RuntimeError::Boot(reason)) => eprintln!("boot failed as expected: {reason}"),
+        Err(RuntimeError::Sandbox(reason)) => eprintln!("boot failed as expected: {reason}"),
         Ok(guest) => panic!("a 1 MiB machine booted: {:?}", guest.main()),
         Err(other) => panic!("unexpected error: {other}"),
     }

@@ -179,15 +179,20 @@ impl MachineGuest {
                 ),
             ));
         }
-        if let Some(rt) = &self.runtime {
-            if rt != "sandbox" && rt != "microvm" {
-                return Err(ConfigError::new(
-                    "guest.runtime",
-                    format!("unknown runtime {rt:?} (expected \"sandbox\" or \"microvm\")"),
-                ));
-            }
-        }
+        self.runtime_kind()?;
         Ok(())
+    }
+
+    /// The runtime the machine asks for; `None`: the host's default.
+    pub fn runtime_kind(&self) -> Result<Option<crate::RuntimeKind>, ConfigError> {
+        self.runtime
+            .as_deref()
+            .map(|rt| {
+                rt.parse().map_err(|e: crate::UnknownRuntime| {
+                    ConfigError::new("guest.runtime", e.to_string())
+                })
+            })
+            .transpose()
     }
 }
 

@@ -11,6 +11,7 @@ mod config;
 mod duration;
 mod id;
 mod machine;
+mod runtime_kind;
 mod secret;
 mod service;
 mod signal;
@@ -31,10 +32,11 @@ pub use machine::{
     MetadataValue, OrgMachine, OrgMachinesResponse, ProcessStat, Region, RegionsResponse,
     SignalRequest, StopRequest, UpdateMachineRequest, UpdateMetadataRequest, WaitResponse,
 };
+pub use runtime_kind::{RuntimeKind, UnknownRuntime};
 pub use secret::{
     valid_secret_name, AppSecret, AppSecrets, DeleteSecretResponse, SetSecretRequest,
     SetSecretResponse, UpdateSecretsRequest, UpdateSecretsResponse,
 };
 pub use service::{Autostop, Concurrency, MachinePort, MachineService};
 pub use signal::{Signal, SignalError};
-pub use state::MachineState;
+pub use state::{Admission, MachineState, Operation};

@@ -86,9 +86,6 @@ impl MachineState {
         )
     }
 
-    /// The one table of allowed state changes. Every transition the agent makes is checked
-    /// against it, so an impossible change (starting a destroyed machine, say) is refused in
-    /// one place instead of being guarded ad hoc at each call site.
     /// Whether a machine in this state has memory on its host (running, frozen, or about to).
     pub fn holds_resources(self) -> bool {
         matches!(
@@ -104,60 +101,128 @@ impl MachineState {
         )
     }
 
+    /// The one table of the operations a caller may ask for in each state. Every verb of the
+    /// agent asks it first, so what a machine accepts is decided here and nowhere else.
+    pub fn admit(self, op: Operation) -> Admission {
+        use Admission::*;
+        use MachineState::*;
+        use Operation as Op;
+        match (op, self) {
+            (Op::Start, Started | Starting) => Noop,
+            (Op::Start, Created | Stopped | Failed | Restarting | Suspended) => Begin(Starting),
+            (Op::Start, _) => Refuse("cannot be started"),
+
+            (Op::Stop, Created | Stopped | Failed | Stopping) => Noop,
+            (Op::Stop, Started | Restarting | Suspended) => Begin(Stopping),
+            (Op::Stop, _) => Refuse("cannot be stopped"),
+
+            (Op::Restart, Started) => Begin(Restarting),
+            (Op::Restart, _) => Refuse("cannot be restarted (start it instead)"),
+
+            (Op::Signal, Started) => Proceed,
+            (Op::Signal, _) => Refuse("cannot be signalled (it is not running)"),
+
+            (Op::Suspend, Suspended | Suspending) => Noop,
+            (Op::Suspend, Started) => Begin(Suspending),
+            (Op::Suspend, _) => Refuse("cannot be suspended"),
+
+            (Op::Update, Created | Stopped | Failed | Started | Suspended | Restarting) => {
+                Begin(Updating)
+            }
+            (Op::Update, _) => Refuse("cannot be updated now; wait for it to settle"),
+
+            (Op::Destroy | Op::ForceDestroy, Destroying | Destroyed) => {
+                Refuse("cannot be destroyed again")
+            }
+            (Op::Destroy | Op::ForceDestroy, Created | Stopped | Failed | Suspended) => {
+                Begin(Destroying)
+            }
+            (Op::ForceDestroy, Started | Starting | Stopping | Restarting | Suspending) => {
+                Begin(Destroying)
+            }
+            (Op::Destroy, Started | Starting | Stopping | Restarting | Suspending) => Refuse(
+                "cannot be destroyed while it runs: stop it first, or destroy it with force=true",
+            ),
+            (Op::Destroy | Op::ForceDestroy, _) => {
+                Refuse("cannot be destroyed now; wait for it to settle")
+            }
+
+            (Op::Exec, Started) => Proceed,
+            (Op::Exec, _) => Refuse("is not running: this needs a started machine"),
+        }
+    }
+
+    /// The state changes the agent makes: those [`MachineState::admit`] begins, and those by
+    /// which a flow settles. The store refuses any other, so an impossible change (starting a
+    /// destroyed machine, say) cannot be recorded whatever the caller's bug.
     pub fn can_become(self, to: MachineState) -> bool {
         use MachineState::*;
         matches!(
             (self, to),
-            (Created, Starting)
-                | (Created, Updating)
-                | (Created, Destroying)
-                | (Starting, Started)
-                | (Starting, Stopped)
-                | (Starting, Failed)
-                | (Starting, Stopping)
-                | (Starting, Destroying)
-                | (Started, Stopping)
-                | (Started, Stopped)
-                | (Started, Restarting)
-                | (Started, Suspending)
-                | (Started, Updating)
-                | (Started, Destroying)
-                | (Started, Failed)
+            // Begun by a verb (see `admit`).
+            (Created | Stopped | Failed | Restarting | Suspended, Starting)
+                | (Started | Restarting | Suspended, Stopping)
+                | (Started, Restarting | Suspending)
+                | (Created | Stopped | Failed | Started | Suspended | Restarting, Updating)
+                | (
+                    Created | Stopped | Failed | Suspended | Started | Starting | Stopping
+                        | Restarting | Suspending,
+                    Destroying
+                )
+                // How flows settle.
+                | (Starting, Started | Failed)
                 | (Stopping, Stopped)
-                | (Stopping, Failed)
-                | (Stopping, Destroying)
-                | (Restarting, Starting)
-                | (Restarting, Stopped)
-                | (Restarting, Failed)
-                | (Restarting, Destroying)
-                | (Restarting, Updating)
-                | (Stopped, Starting)
-                | (Stopped, Updating)
-                | (Stopped, Destroying)
-                | (Suspending, Suspended)
-                | (Suspending, Stopped)
-                | (Suspending, Failed)
-                | (Suspending, Destroying)
-                | (Suspended, Starting)
-                | (Suspended, Stopping)
-                | (Suspended, Stopped)
-                | (Suspended, Updating)
-                | (Suspended, Destroying)
-                | (Updating, Created)
-                | (Updating, Starting)
-                | (Updating, Stopped)
-                | (Updating, Failed)
-                | (Failed, Starting)
-                | (Failed, Stopped)
-                | (Failed, Updating)
-                | (Failed, Destroying)
-                | (Replacing, Started)
-                | (Replacing, Stopped)
-                | (Replacing, Failed)
+                // The main process exited: stopped, or restarting by the restart policy.
+                | (Started, Stopped)
+                // A suspend that failed stops the machine instead, as Fly does.
+                | (Suspending, Suspended | Stopped)
+                | (Updating, Created | Starting | Stopped)
                 | (Destroying, Destroyed)
-                | (LaunchFailed, Destroyed)
         )
     }
+}
+
+/// What a caller can ask of a machine; see [`MachineState::admit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Start,
+    Stop,
+    Restart,
+    Signal,
+    Suspend,
+    Update,
+    Destroy,
+    /// A destroy with `force=true`: a running machine is killed first.
+    ForceDestroy,
+    /// Anything that talks to the running guest: exec, ps, a console.
+    Exec,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 9] = [
+        Self::Start,
+        Self::Stop,
+        Self::Restart,
+        Self::Signal,
+        Self::Suspend,
+        Self::Update,
+        Self::Destroy,
+        Self::ForceDestroy,
+        Self::Exec,
+    ];
+}
+
+/// Whether an operation may go ahead in a machine's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// The machine already is where the operation would take it: answer success, do nothing.
+    Noop,
+    /// Record the machine in this transitional state, then carry the operation out.
+    Begin(MachineState),
+    /// Go ahead without a state change (a signal, an exec).
+    Proceed,
+    /// Refused; the reason completes "machine <id> is <state> and ...".
+    Refuse(&'static str),
 }
 
 impl fmt::Display for MachineState {
@@ -181,6 +246,58 @@ mod tests {
             );
         }
         assert_eq!(MachineState::parse("running"), None);
+    }
+
+    /// Every (operation, state) pair, written out: `.` no-op, `go` proceed, `no` refuse, else
+    /// the state the operation begins in. Columns follow `MachineState::ALL`.
+    #[rustfmt::skip]
+    const EXPECTED: [(Operation, [&str; 16]); 9] = [
+        //                    created     starting    started      stopping    stopped     restarting  suspending  suspended   updating replacing destroying destroyed failed      launch_failed replaced migrated
+        (Operation::Start,   ["starting", ".",        ".",         "no",       "starting", "starting", "no",       "starting", "no",    "no",     "no",      "no",     "starting", "no",  "no", "no"]),
+        (Operation::Stop,    [".",        "no",       "stopping",  ".",        ".",        "stopping", "no",       "stopping", "no",    "no",     "no",      "no",     ".",        "no",  "no", "no"]),
+        (Operation::Restart, ["no",       "no",       "restarting","no",       "no",       "no",       "no",       "no",       "no",    "no",     "no",      "no",     "no",       "no",  "no", "no"]),
+        (Operation::Signal,  ["no",       "no",       "go",        "no",       "no",       "no",       "no",       "no",       "no",    "no",     "no",      "no",     "no",       "no",  "no", "no"]),
+        (Operation::Suspend, ["no",       "no",       "suspending","no",       "no",       "no",       ".",        ".",        "no",    "no",     "no",      "no",     "no",       "no",  "no", "no"]),
+        (Operation::Update,  ["updating", "no",       "updating",  "no",       "updating", "updating", "no",       "updating", "no",    "no",     "no",      "no",     "updating", "no",  "no", "no"]),
+        (Operation::Destroy, ["destroying","no",      "no",        "no",       "destroying","no",      "no",       "destroying","no",   "no",     "no",      "no",     "destroying","no", "no", "no"]),
+        (Operation::ForceDestroy, ["destroying","destroying","destroying","destroying","destroying","destroying","destroying","destroying","no","no","no",  "no",     "destroying","no", "no", "no"]),
+        (Operation::Exec,    ["no",       "no",       "go",        "no",       "no",       "no",       "no",       "no",       "no",    "no",     "no",      "no",     "no",       "no",  "no", "no"]),
+    ];
+
+    #[test]
+    fn admission_table_is_exactly_as_written() {
+        let ops: Vec<Operation> = EXPECTED.iter().map(|(op, _)| *op).collect();
+        assert_eq!(ops, Operation::ALL, "every operation has a row");
+        for (op, row) in EXPECTED {
+            for (state, want) in MachineState::ALL.into_iter().zip(row) {
+                let got = state.admit(op);
+                let ok = match (want, got) {
+                    (".", Admission::Noop) | ("go", Admission::Proceed) => true,
+                    ("no", Admission::Refuse(reason)) => !reason.is_empty(),
+                    (to, Admission::Begin(s)) => s.as_str() == to,
+                    _ => false,
+                };
+                assert!(ok, "{op:?} in {state}: expected {want}, got {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_begin_is_an_allowed_transition() {
+        for op in Operation::ALL {
+            for state in MachineState::ALL {
+                if let Admission::Begin(to) = state.admit(op) {
+                    assert!(
+                        to.is_transient(),
+                        "{op:?} begins in {to}, which is not transient"
+                    );
+                    assert!(
+                        state.can_become(to),
+                        "{op:?}: {state} -> {to} is not in can_become"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -215,17 +332,56 @@ mod tests {
             !Started.can_become(Destroyed),
             "destroy goes through destroying"
         );
-        assert!(!Stopped.can_become(Stopped), "no self transitions");
+        for st in MachineState::ALL {
+            assert!(!st.can_become(st), "no self transitions ({st})");
+        }
+    }
+
+    /// The states a machine can reach from `created`.
+    fn reachable() -> Vec<MachineState> {
+        let mut seen = vec![Created];
+        let mut i = 0;
+        while i < seen.len() {
+            let from = seen[i];
+            for to in MachineState::ALL {
+                if from.can_become(to) && !seen.contains(&to) {
+                    seen.push(to);
+                }
+            }
+            i += 1;
+        }
+        seen
     }
 
     #[test]
-    fn every_transient_state_can_settle() {
-        for st in MachineState::ALL.into_iter().filter(|s| s.is_transient()) {
+    fn every_reachable_transient_state_can_settle() {
+        for st in reachable().into_iter().filter(|s| s.is_transient()) {
+            // Follow edges until a settled state turns up (restarting settles via starting).
+            let mut seen = vec![st];
+            let mut i = 0;
+            while i < seen.len() && seen.iter().all(|s| s.is_transient()) {
+                for to in MachineState::ALL {
+                    if seen[i].can_become(to) && !seen.contains(&to) {
+                        seen.push(to);
+                    }
+                }
+                i += 1;
+            }
             assert!(
-                MachineState::ALL
-                    .iter()
-                    .any(|to| !to.is_transient() && st.can_become(*to)),
+                seen.iter().any(|s| !s.is_transient()),
                 "{st} has no way out"
+            );
+        }
+    }
+
+    #[test]
+    fn states_hangar_never_enters_have_no_edges() {
+        let reachable = reachable();
+        for st in [Replacing, LaunchFailed, Replaced, Migrated] {
+            assert!(!reachable.contains(&st), "{st} is reachable");
+            assert!(
+                MachineState::ALL.iter().all(|to| !st.can_become(*to)),
+                "{st} has an edge nothing takes"
             );
         }
     }

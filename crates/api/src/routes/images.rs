@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use futures::StreamExt;
-use hangar_agent::{Agent, AgentError};
+use hangar_agent::Agent;
 use hangar_image::{Credentials, Image, ImageDetails, PruneReport, PullOptions, PullProgress};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -35,10 +35,6 @@ impl From<&Image> for ImageSummary {
     }
 }
 
-fn image_err(e: hangar_image::ImageError) -> ApiError {
-    AgentError::from(e).into()
-}
-
 fn wanted(params: &Params) -> Result<String, ApiError> {
     match params.get("ref").map(str::trim) {
         Some(r) if !r.is_empty() => Ok(r.to_string()),
@@ -49,14 +45,14 @@ fn wanted(params: &Params) -> Result<String, ApiError> {
 }
 
 pub async fn list(State(agent): State<Agent>) -> ApiResult<Json<Vec<ImageSummary>>> {
-    let images = agent.images().list().map_err(image_err)?;
+    let images = agent.list_images()?;
     Ok(Json(images.iter().map(ImageSummary::from).collect()))
 }
 
 /// `GET /v1/images/inspect?ref=REF`: config, layers and sizes of a local image.
 pub async fn inspect(State(agent): State<Agent>, params: Params) -> ApiResult<Json<ImageDetails>> {
     let r = wanted(&params)?;
-    match agent.images().inspect(&r).map_err(image_err)? {
+    match agent.inspect_image(&r)? {
         Some(d) => Ok(Json(d)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -81,23 +77,19 @@ pub async fn pull(
     let options = PullOptions {
         credentials: req.auth,
     };
-    let image = agent
-        .images()
-        .pull_with(&req.image, &options)
-        .await
-        .map_err(image_err)?;
+    let image = agent.pull_image(&req.image, &options).await?;
     Ok((StatusCode::OK, Json(ImageSummary::from(&image))))
 }
 
 /// `GET /v1/images/pulls`: pulls under way, bytes received per layer.
 pub async fn pulls(State(agent): State<Agent>) -> Json<Vec<PullProgress>> {
-    Json(agent.images().progress())
+    Json(agent.image_pulls())
 }
 
 /// `DELETE /v1/images?ref=REF`: 200 with what was removed, 404, or 409 when a machine uses it.
 pub async fn remove(State(agent): State<Agent>, params: Params) -> ApiResult<Json<PruneReport>> {
     let r = wanted(&params)?;
-    match agent.images().remove(&r).await.map_err(image_err)? {
+    match agent.remove_image(&r).await? {
         Some(report) => Ok(Json(report)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -108,7 +100,7 @@ pub async fn remove(State(agent): State<Agent>, params: Params) -> ApiResult<Jso
 
 /// `POST /v1/images/prune`: removes every image no machine uses.
 pub async fn prune(State(agent): State<Agent>) -> ApiResult<Json<PruneReport>> {
-    Ok(Json(agent.images().prune().await.map_err(image_err)?))
+    Ok(Json(agent.prune_images().await?))
 }
 
 /// `POST /v1/images/import?ref=NAME` with an OCI archive or `docker save` tarball as the body.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tracing::{info, warn};
 
+use super::error::AccelError;
 use super::kernel::Kernel;
 
 /// What a working KVM boots to `/init` well within.
@@ -59,7 +60,7 @@ pub async fn boot_to_init(
     kernel: &Kernel,
     initramfs: &Path,
     deadline: Duration,
-) -> Result<Duration, String> {
+) -> Result<Duration, AccelError> {
     let mut cmdline = String::from("console=ttyS0 quiet panic=-1 pci=off reboot=t");
     let accel_args: Vec<String> = match accel {
         Accel::Kvm => vec!["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()],
@@ -102,8 +103,11 @@ pub async fn boot_to_init(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
+        .map_err(|source| AccelError::Spawn {
+            qemu: qemu.to_path_buf(),
+            source,
+        })?;
+    let stdout = child.stdout.take().expect("stdout is piped");
     let mut lines = BufReader::new(stdout).lines();
     let mut console = Vec::new();
     let found = tokio::time::timeout(deadline, async {
@@ -132,12 +136,11 @@ pub async fn boot_to_init(
                 .rfind(|l| !l.trim().is_empty())
                 .unwrap_or("no output")
                 .to_string();
-            Err(format!("the guest ended before reaching /init: {last}"))
+            Err(AccelError::EndedEarly { last })
         }
-        Err(_) => Err(format!(
-            "the guest did not reach /init within {:.0?}",
-            deadline
-        )),
+        Err(_) => Err(AccelError::Silent {
+            secs: deadline.as_secs(),
+        }),
     };
     let _ = child.start_kill();
     let _ = child.wait().await;
@@ -151,7 +154,7 @@ pub async fn choose(
     kernel: &Kernel,
     initramfs: &Path,
     _state_dir: &Path,
-) -> Result<AccelChoice, String> {
+) -> Result<AccelChoice, AccelError> {
     if wanted == Accel::Tcg {
         return Ok(AccelChoice {
             accel: Accel::Tcg,
@@ -163,10 +166,10 @@ pub async fn choose(
         .write(true)
         .open("/dev/kvm")
     {
-        Err(e) => Err(format!("/dev/kvm cannot be opened: {e}")),
+        Err(e) => Err(AccelError::NoKvm(e)),
         Ok(_) => boot_to_init(qemu, Accel::Kvm, kernel, initramfs, PROBE_DEADLINE)
             .await
-            .map_err(|e| format!("a probe boot under KVM failed: {e}")),
+            .map_err(|e| AccelError::KvmProbe(Box::new(e))),
     };
     match (wanted, usable) {
         (_, Ok(took)) => {
@@ -177,9 +180,7 @@ pub async fn choose(
                 reason,
             })
         }
-        (Accel::Kvm, Err(why)) => Err(format!(
-            "--accel kvm, but KVM is unusable on this host: {why}; use --accel tcg or --accel auto"
-        )),
+        (Accel::Kvm, Err(why)) => Err(AccelError::KvmRequired(Box::new(why))),
         (_, Err(why)) => {
             warn!(%why, "KVM is unusable; falling back to TCG (software emulation)");
             Ok(AccelChoice {

@@ -11,6 +11,8 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
+use super::error::{io, MicrovmError};
+
 pub const GIB: u64 = 1 << 30;
 
 /// Bytes and inodes a tree takes (each file rounded up to 4 KiB blocks).
@@ -42,39 +44,46 @@ pub fn image_key(layers: &[PathBuf]) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-async fn mkfs(args: &[&std::ffi::OsStr]) -> Result<(), String> {
+async fn mkfs(args: &[&std::ffi::OsStr]) -> Result<(), MicrovmError> {
     let out = Command::new("mkfs.ext4")
         .args(args)
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| {
-            format!(
-                "cannot run mkfs.ext4: {e}; install e2fsprogs (Debian: apt-get install e2fsprogs)"
-            )
+        .map_err(|source| MicrovmError::Spawn {
+            program: "mkfs.ext4".into(),
+            hint: "; install e2fsprogs (Debian: apt-get install e2fsprogs)",
+            source,
         })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "mkfs.ext4 failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(MicrovmError::Tool {
+            program: "mkfs.ext4",
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
 /// The image's ext4 disk in `cache`, built from `layers` if it is not there yet. Fails when the
 /// image does not fit `limit` bytes.
-pub async fn image_disk(cache: &Path, layers: &[PathBuf], limit: u64) -> Result<PathBuf, String> {
+pub async fn image_disk(
+    cache: &Path,
+    layers: &[PathBuf],
+    limit: u64,
+) -> Result<PathBuf, MicrovmError> {
     let key = image_key(layers);
     let path = cache.join(format!("{key}.ext4"));
     if let Ok(meta) = std::fs::metadata(&path) {
         if meta.len() > limit {
-            return Err(image_too_big(meta.len(), limit));
+            return Err(MicrovmError::ImageTooBig {
+                size: meta.len(),
+                limit,
+            });
         }
         return Ok(path);
     }
-    std::fs::create_dir_all(cache).map_err(|e| format!("creating {}: {e}", cache.display()))?;
+    std::fs::create_dir_all(cache).map_err(io(format!("creating {}", cache.display())))?;
     let work = cache.join(format!("{key}.build{}", std::process::id()));
     let result = build_image(&work, layers, &path, limit).await;
     let _ = umount2(&work.join("tree"), MntFlags::MNT_DETACH);
@@ -82,24 +91,16 @@ pub async fn image_disk(cache: &Path, layers: &[PathBuf], limit: u64) -> Result<
     result.map(|()| path)
 }
 
-fn image_too_big(size: u64, limit: u64) -> String {
-    format!(
-        "the image needs {:.2} GB, over the root file system's limit of {} GB (config.rootfs.size_gb)",
-        size as f64 / GIB as f64,
-        limit / GIB
-    )
-}
-
 async fn build_image(
     work: &Path,
     layers: &[PathBuf],
     out: &Path,
     limit: u64,
-) -> Result<(), String> {
+) -> Result<(), MicrovmError> {
     let tree = work.join("tree");
-    std::fs::create_dir_all(&tree).map_err(|e| format!("creating {}: {e}", tree.display()))?;
+    std::fs::create_dir_all(&tree).map_err(io(format!("creating {}", tree.display())))?;
     let source = match layers {
-        [] => return Err("the image has no layers".into()),
+        [] => return Err(MicrovmError::Spec("the image has no layers".into())),
         [one] => one.clone(),
         many => {
             // A read-only overlay of the layers applies their whiteouts: what mkfs copies is
@@ -113,7 +114,7 @@ async fn build_image(
                 MsFlags::MS_RDONLY,
                 Some(data.as_str()),
             )
-            .map_err(|e| format!("stacking the image's layers: {}", e.desc()))?;
+            .map_err(|e| io("stacking the image's layers")(e.into()))?;
             tree.clone()
         }
     };
@@ -121,12 +122,12 @@ async fn build_image(
     // Room for ext4's own metadata, and a little slack.
     let size = (bytes + inodes * 256 + bytes / 10 + (16 << 20)).div_ceil(1 << 20) * (1 << 20);
     if size > limit {
-        return Err(image_too_big(size, limit));
+        return Err(MicrovmError::ImageTooBig { size, limit });
     }
     let tmp = work.join("image.ext4");
     std::fs::File::create(&tmp)
         .and_then(|f| f.set_len(size))
-        .map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+        .map_err(io(format!("creating {}", tmp.display())))?;
     let inode_count = (inodes + 1024).to_string();
     mkfs(&[
         "-q".as_ref(),
@@ -144,14 +145,14 @@ async fn build_image(
         tmp.as_os_str(),
     ])
     .await?;
-    std::fs::rename(&tmp, out).map_err(|e| format!("storing {}: {e}", out.display()))
+    std::fs::rename(&tmp, out).map_err(io(format!("storing {}", out.display())))
 }
 
 /// A fresh, sparse, empty ext4 disk of `size` bytes for one boot's writes.
-pub async fn scratch_disk(path: &Path, size: u64) -> Result<(), String> {
+pub async fn scratch_disk(path: &Path, size: u64) -> Result<(), MicrovmError> {
     std::fs::File::create(path)
         .and_then(|f| f.set_len(size))
-        .map_err(|e| format!("creating {}: {e}", path.display()))?;
+        .map_err(io(format!("creating {}", path.display())))?;
     mkfs(&[
         "-q".as_ref(),
         "-F".as_ref(),

@@ -13,6 +13,12 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+pub use super::error::{KernelError, ModinfoError};
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> KernelError {
+    KernelError::io(context)
+}
+
 /// The modules every machine needs: the block and serial devices over virtio-mmio, and
 /// overlayfs.
 pub const WANTED_MODULES: [&str; 4] = ["virtio_mmio", "virtio_blk", "virtio_console", "overlay"];
@@ -29,10 +35,10 @@ pub struct Kernel {
 }
 
 /// Finds the kernel in an unpacked Debian kernel package (`DIR/boot/vmlinuz-*`).
-pub fn find_in(dir: &Path) -> Result<Kernel, String> {
+pub fn find_in(dir: &Path) -> Result<Kernel, KernelError> {
     let boot = dir.join("boot");
     let mut found: Vec<PathBuf> = std::fs::read_dir(&boot)
-        .map_err(|e| format!("{}: {e}", boot.display()))?
+        .map_err(io(boot.display().to_string()))?
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
@@ -44,7 +50,7 @@ pub fn find_in(dir: &Path) -> Result<Kernel, String> {
     found.sort();
     let image = found
         .pop()
-        .ok_or_else(|| format!("no vmlinuz-* in {}", boot.display()))?;
+        .ok_or_else(|| KernelError::NoKernel(boot.clone()))?;
     let version = image
         .file_name()
         .and_then(|n| n.to_str())
@@ -73,7 +79,7 @@ pub fn explicit(image: &Path, modules: &Path) -> Kernel {
 }
 
 /// The NUL-separated `key=value` strings of an ELF object's `.modinfo` section.
-pub fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>, String> {
+pub fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>, ModinfoError> {
     let u16_at = |o: usize| -> Option<u64> {
         elf.get(o..o + 2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]) as u64)
@@ -88,13 +94,13 @@ pub fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>, String> {
             .map(u64::from_le_bytes)
     };
     if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
-        return Err("not a 64-bit little-endian ELF object".into());
+        return Err(ModinfoError::NotElf64);
     }
-    let bad = || "truncated ELF object".to_string();
-    let shoff = u64_at(0x28).ok_or_else(bad)? as usize;
-    let shentsize = u16_at(0x3A).ok_or_else(bad)? as usize;
-    let shnum = u16_at(0x3C).ok_or_else(bad)? as usize;
-    let shstrndx = u16_at(0x3E).ok_or_else(bad)? as usize;
+    let bad = ModinfoError::Truncated;
+    let shoff = u64_at(0x28).ok_or(bad)? as usize;
+    let shentsize = u16_at(0x3A).ok_or(bad)? as usize;
+    let shnum = u16_at(0x3C).ok_or(bad)? as usize;
+    let shstrndx = u16_at(0x3E).ok_or(bad)? as usize;
     let section = |i: usize| -> Option<(u64, usize, usize)> {
         let h = shoff + i * shentsize;
         Some((
@@ -103,13 +109,13 @@ pub fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>, String> {
             u64_at(h + 0x20)? as usize,
         ))
     };
-    let (_, str_off, str_size) = section(shstrndx).ok_or_else(bad)?;
-    let names = elf.get(str_off..str_off + str_size).ok_or_else(bad)?;
+    let (_, str_off, str_size) = section(shstrndx).ok_or(bad)?;
+    let names = elf.get(str_off..str_off + str_size).ok_or(bad)?;
     for i in 0..shnum {
-        let (name, off, size) = section(i).ok_or_else(bad)?;
+        let (name, off, size) = section(i).ok_or(bad)?;
         let name = names.get(name as usize..).unwrap_or_default();
         if name.starts_with(b".modinfo\0") {
-            let data = elf.get(off..off + size).ok_or_else(bad)?;
+            let data = elf.get(off..off + size).ok_or(bad)?;
             return Ok(data
                 .split(|b| *b == 0)
                 .filter_map(|kv| {
@@ -120,7 +126,7 @@ pub fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>, String> {
                 .collect());
         }
     }
-    Err("no .modinfo section".into())
+    Err(ModinfoError::NoModinfo)
 }
 
 /// The module files under `dir` by module name (`virtio-blk` and `virtio_blk` are one name).
@@ -144,7 +150,7 @@ fn index_modules(dir: &Path) -> BTreeMap<String, PathBuf> {
 
 /// The module files to load for `wanted`, each after the modules it depends on. A module
 /// built into the kernel (absent from `dir` but listed in `modules.builtin`) is skipped.
-pub fn load_order(dir: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>, String> {
+pub fn load_order(dir: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>, KernelError> {
     let index = index_modules(dir);
     let builtin: HashSet<String> = std::fs::read_to_string(dir.join("modules.builtin"))
         .unwrap_or_default()
@@ -162,19 +168,22 @@ pub fn load_order(dir: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>, String> {
         done: &mut HashSet<String>,
         order: &mut Vec<PathBuf>,
         depth: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), KernelError> {
         let name = name.replace('-', "_");
         if done.contains(&name) || builtin.contains(&name) {
             return Ok(());
         }
         if depth > 32 {
-            return Err(format!("module dependencies too deep at {name}"));
+            return Err(KernelError::TooDeep(name));
         }
         let path = index
             .get(&name)
-            .ok_or_else(|| format!("kernel module {name} not found"))?;
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let info = modinfo(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            .ok_or_else(|| KernelError::MissingModule(name.clone()))?;
+        let bytes = std::fs::read(path).map_err(io(path.display().to_string()))?;
+        let info = modinfo(&bytes).map_err(|why| KernelError::BadModule {
+            path: path.clone(),
+            why,
+        })?;
         for (k, v) in &info {
             if k == "depends" {
                 for dep in v.split(',').filter(|d| !d.is_empty()) {
@@ -253,14 +262,13 @@ impl<W: Write> Cpio<W> {
 }
 
 /// The cached initramfs for this kernel and init: built on first use.
-pub fn initramfs(cache: &Path, kernel: &Kernel, init: &Path) -> Result<PathBuf, String> {
-    let init_bytes = std::fs::read(init).map_err(|e| format!("reading {}: {e}", init.display()))?;
-    let modules = load_order(&kernel.modules, &WANTED_MODULES).map_err(|e| {
-        format!(
-            "the guest kernel's modules in {}: {e}",
-            kernel.modules.display()
-        )
-    })?;
+pub fn initramfs(cache: &Path, kernel: &Kernel, init: &Path) -> Result<PathBuf, KernelError> {
+    let init_bytes = std::fs::read(init).map_err(io(format!("reading {}", init.display())))?;
+    let modules =
+        load_order(&kernel.modules, &WANTED_MODULES).map_err(|e| KernelError::Modules {
+            dir: kernel.modules.clone(),
+            source: Box::new(e),
+        })?;
     // A kernel without virtio_net still runs machines without a network; one with a network
     // reports in the guest that no device appeared.
     let network_modules: Vec<PathBuf> = load_order(&kernel.modules, &NETWORK_MODULES)
@@ -279,9 +287,9 @@ pub fn initramfs(cache: &Path, kernel: &Kernel, init: &Path) -> Result<PathBuf, 
     if path.is_file() {
         return Ok(path);
     }
-    std::fs::create_dir_all(cache).map_err(|e| format!("creating {}: {e}", cache.display()))?;
+    std::fs::create_dir_all(cache).map_err(io(format!("creating {}", cache.display())))?;
     let mut cpio = Cpio::new(Vec::with_capacity(init_bytes.len() + (4 << 20)));
-    let io = |e: std::io::Error| format!("building the initramfs: {e}");
+    let io = |e: std::io::Error| io("building the initramfs")(e);
     for dir in ["dev", "proc", "sys", "hangar", "hangar/modules.d"] {
         cpio.add(dir, Entry::Dir).map_err(io)?;
     }
@@ -295,7 +303,7 @@ pub fn initramfs(cache: &Path, kernel: &Kernel, init: &Path) -> Result<PathBuf, 
     ] {
         let mut list = String::new();
         for m in set {
-            let bytes = std::fs::read(m).map_err(|e| format!("{}: {e}", m.display()))?;
+            let bytes = std::fs::read(m).map_err(KernelError::io(m.display().to_string()))?;
             let name = format!(
                 "hangar/modules.d/{i:02}-{}",
                 m.file_name().unwrap_or_default().to_string_lossy()
@@ -309,23 +317,23 @@ pub fn initramfs(cache: &Path, kernel: &Kernel, init: &Path) -> Result<PathBuf, 
     }
     let bytes = cpio.finish().map_err(io)?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    std::fs::write(&tmp, &bytes).map_err(KernelError::io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(KernelError::io(format!("writing {}", path.display())))?;
     Ok(path)
 }
 
 /// A boot's initramfs: the cached one followed by an archive holding this boot's files, the
 /// launch spec (`hangar/launch.json`) and the network's (`hangar/network.json`), as
 /// `(path, contents)` (the kernel unpacks concatenated archives in order).
-pub fn boot_initrd(base: &Path, files: &[(&str, &[u8])], out: &Path) -> Result<(), String> {
-    let mut bytes = std::fs::read(base).map_err(|e| format!("reading {}: {e}", base.display()))?;
+pub fn boot_initrd(base: &Path, files: &[(&str, &[u8])], out: &Path) -> Result<(), KernelError> {
+    let mut bytes = std::fs::read(base).map_err(io(format!("reading {}", base.display())))?;
     let mut cpio = Cpio::new(&mut bytes);
     for (name, contents) in files {
         cpio.add(name, Entry::File(contents, 0o600))
-            .map_err(|e| e.to_string())?;
+            .map_err(io("building the boot's initramfs"))?;
     }
-    cpio.finish().map_err(|e| e.to_string())?;
-    std::fs::write(out, &bytes).map_err(|e| format!("writing {}: {e}", out.display()))
+    cpio.finish().map_err(io("building the boot's initramfs"))?;
+    std::fs::write(out, &bytes).map_err(io(format!("writing {}", out.display())))
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
+use super::error::{MigrationStatus, QmpError, RunState};
+
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Qmp {
@@ -18,10 +20,13 @@ pub struct Qmp {
 
 impl Qmp {
     /// Connects, reads the greeting and leaves capabilities negotiation mode.
-    pub async fn connect(socket: &Path) -> Result<Qmp, String> {
+    pub async fn connect(socket: &Path) -> Result<Qmp, QmpError> {
         let stream = UnixStream::connect(socket)
             .await
-            .map_err(|e| format!("connecting to QMP at {}: {e}", socket.display()))?;
+            .map_err(|source| QmpError::Connect {
+                socket: socket.to_path_buf(),
+                source,
+            })?;
         let (r, w) = stream.into_split();
         let mut qmp = Qmp {
             reader: BufReader::new(r),
@@ -29,22 +34,22 @@ impl Qmp {
         };
         let greeting = qmp.read().await?;
         if greeting.get("QMP").is_none() {
-            return Err(format!("not a QMP greeting: {greeting}"));
+            return Err(QmpError::NotGreeting(greeting.to_string()));
         }
         qmp.execute("qmp_capabilities", None).await?;
         Ok(qmp)
     }
 
-    async fn read(&mut self) -> Result<Value, String> {
+    async fn read(&mut self) -> Result<Value, QmpError> {
         let mut line = String::new();
         let n = tokio::time::timeout(ANSWER_TIMEOUT, self.reader.read_line(&mut line))
             .await
-            .map_err(|_| "QEMU did not answer on QMP in time".to_string())?
-            .map_err(|e| format!("reading QMP: {e}"))?;
+            .map_err(|_| QmpError::Timeout)?
+            .map_err(QmpError::Io)?;
         if n == 0 {
-            return Err("QEMU closed its QMP socket".into());
+            return Err(QmpError::Closed);
         }
-        serde_json::from_str(&line).map_err(|e| format!("bad QMP message {line:?}: {e}"))
+        serde_json::from_str(&line).map_err(|source| QmpError::BadMessage { line, source })
     }
 
     /// Runs a command and returns its `return` value.
@@ -52,7 +57,7 @@ impl Qmp {
         &mut self,
         command: &str,
         arguments: Option<Value>,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, QmpError> {
         let mut request = json!({ "execute": command });
         if let Some(args) = arguments {
             request["arguments"] = args;
@@ -62,25 +67,34 @@ impl Qmp {
         self.writer
             .write_all(text.as_bytes())
             .await
-            .map_err(|e| format!("writing QMP: {e}"))?;
+            .map_err(QmpError::Io)?;
         loop {
             let msg = self.read().await?;
             if let Some(ret) = msg.get("return") {
                 return Ok(ret.clone());
             }
             if let Some(err) = msg.get("error") {
-                return Err(format!(
-                    "QMP {command}: {}",
-                    err["desc"].as_str().unwrap_or("failed")
-                ));
+                return Err(QmpError::Refused {
+                    command: command.to_string(),
+                    desc: err["desc"].as_str().unwrap_or("failed").to_string(),
+                });
             }
             // An event: not ours to handle.
         }
     }
 
-    /// The VM's run state (`running`, `paused`, `inmigrate`, `postmigrate`, ...).
-    pub async fn status(&mut self) -> Result<String, String> {
+    /// The VM's run state.
+    pub async fn status(&mut self) -> Result<RunState, QmpError> {
         let v = self.execute("query-status", None).await?;
-        Ok(v["status"].as_str().unwrap_or("unknown").to_string())
+        Ok(serde_json::from_value(v["status"].clone()).unwrap_or(RunState::Other))
+    }
+
+    /// Where the outgoing migration stands, and QEMU's description of a failure.
+    pub async fn migration(&mut self) -> Result<(MigrationStatus, String), QmpError> {
+        let v = self.execute("query-migrate", None).await?;
+        let status =
+            serde_json::from_value(v["status"].clone()).unwrap_or(MigrationStatus::InProgress);
+        let desc = v["error-desc"].as_str().unwrap_or("").to_string();
+        Ok((status, desc))
     }
 }

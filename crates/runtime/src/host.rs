@@ -1,5 +1,6 @@
-//! What the sandbox needs to know about the host: ELF binaries, cgroup layouts, mounts and
-//! processes.
+//! What the runtimes need to know about the host: machine ids as host names, ELF binaries,
+//! cgroup layouts and OOM counters, mounts, processes and memory. Both backends use it; neither
+//! reaches into the other.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -176,6 +177,30 @@ pub fn proc_state(pid: i32) -> Option<char> {
     // The command name is in parentheses and may contain anything; the state follows it.
     let after = &stat[stat.rfind(')')? + 1..];
     after.trim_start().chars().next()
+}
+
+/// Machine ids name directories, cgroups and QEMU processes: 1 to 64 letters, digits, `-`,
+/// `_` or `.`, starting with a letter or digit.
+pub(crate) fn is_valid_machine_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// The host's RAM (MemTotal) in MB; very large when /proc/meminfo cannot be read.
+pub fn host_memory_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(u64::MAX / 2)
 }
 
 #[cfg(test)]

@@ -1,43 +1,77 @@
-//! Operations on an existing machine beyond start and stop: update, restart, signal,
-//! suspend, cordon, and the read-only views of its versions and processes.
+//! The verbs of the Machines API as requests to a machine's actor: each checks the request
+//! (the machine, its lease), then the actor decides by the machine's state (`machine/`).
 
 use std::time::Duration;
 
 use hangar_types::{
-    new_instance_id, ListenSocket, Machine, MachineVersion, ProcessStat, Signal,
-    UpdateMachineRequest,
+    new_instance_id, Machine, MachineState, Signal, StopRequest, UpdateMachineRequest,
 };
 use tracing::info;
 
 use crate::error::AgentError;
-use crate::launch;
+use crate::events::Source;
 use crate::machine::{Command, PendingVersion};
-use crate::{valid_machine_name, Agent};
-
-/// What `ps` sorts by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PsSort {
-    Pid,
-    Cpu,
-    Rss,
-    Rtime,
-    Command,
-}
-
-impl PsSort {
-    pub fn parse(s: &str) -> Option<PsSort> {
-        Some(match s {
-            "pid" => PsSort::Pid,
-            "cpu" => PsSort::Cpu,
-            "rss" | "mem" | "memory" => PsSort::Rss,
-            "rtime" | "time" => PsSort::Rtime,
-            "command" | "name" => PsSort::Command,
-            _ => return None,
-        })
-    }
-}
+use crate::machines::valid_machine_name;
+use crate::prepare::Draft;
+use crate::Agent;
 
 impl Agent {
+    /// Starts a machine; returns its state before the start. The boot continues after this
+    /// returns: `wait` for `started`.
+    pub async fn start_machine(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> Result<MachineState, AgentError> {
+        self.machine_record(app, id)?;
+        self.check_lease(id, nonce)?;
+        self.command(id, |reply| Command::Start {
+            source: Source::User,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops a machine: the signal (the config's, else SIGINT), then SIGKILL after the
+    /// timeout. Returns once the signal is on its way: `wait` for `stopped`.
+    pub async fn stop_machine(
+        &self,
+        app: &str,
+        id: &str,
+        req: StopRequest,
+        nonce: Option<&str>,
+    ) -> Result<(), AgentError> {
+        self.machine_record(app, id)?;
+        self.check_lease(id, nonce)?;
+        let timeout = req.timeout.map(|d| d.0);
+        self.command(id, |reply| Command::Stop {
+            signal: req.signal,
+            timeout,
+            reply,
+        })
+        .await
+    }
+
+    /// Destroys a machine; a running one only with `force`.
+    pub async fn destroy_machine(
+        &self,
+        app: &str,
+        id: &str,
+        force: bool,
+        nonce: Option<&str>,
+    ) -> Result<(), AgentError> {
+        let rec = self.machine_record(app, id)?;
+        self.check_lease(id, nonce)?;
+        if rec.state == MachineState::Destroyed {
+            return Err(AgentError::FailedPrecondition(format!(
+                "machine {id} is already destroyed"
+            )));
+        }
+        self.command(id, |reply| Command::Destroy { force, reply })
+            .await
+    }
+
     /// Makes a new version of the machine from `req.config` and, unless `skip_launch`, runs
     /// it: a running machine is stopped, reconfigured and started again.
     pub async fn update_machine(
@@ -59,23 +93,12 @@ impl Agent {
         }
         self.require_secrets_version(app, req.min_secrets_version)?;
         let config = req.config;
-        config
-            .validate()
-            .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
-        self.check_network_config(&config)?;
+        self.inner.check_config(&config)?;
         if let Some(region) = req.region.as_deref().filter(|r| !r.is_empty()) {
             if region != rec.region {
                 return Err(AgentError::InvalidArgument(format!(
                     "region: an update cannot move machine {id} from {} to {region:?}; clone it instead",
                     rec.region
-                )));
-            }
-        }
-        if let Some(rt) = config.effective_guest().runtime.as_deref() {
-            if !self.inner.runtime.provides(rt) {
-                return Err(AgentError::Unprocessable(format!(
-                    "runtime {rt:?} is not available on this host (it runs {:?})",
-                    self.inner.runtime.kind()
                 )));
             }
         }
@@ -100,16 +123,14 @@ impl Agent {
 
         let image = self.inner.images.pull(&config.image).await?;
         let instance_id = new_instance_id();
-        let secrets = self.inner.secrets_for(app)?;
-        let who = launch::Identity {
+        let draft = Draft {
             app,
             machine_id: id,
             region: &rec.region,
             instance_id: &instance_id,
-            image_ref: &image.reference,
-            secrets: &secrets,
+            config: &config,
         };
-        launch::launch_spec(&config, &image.config, &who).map_err(AgentError::InvalidArgument)?;
+        self.inner.launch(&draft, &image, None)?;
 
         let version = Box::new(PendingVersion {
             instance_id: instance_id.clone(),
@@ -182,7 +203,8 @@ impl Agent {
         self.command(id, |reply| Command::Suspend { reply }).await
     }
 
-    /// Takes the machine out of (or back into) the proxy's rotation.
+    /// Marks the machine cordoned (or not). Hangar has no proxy yet, so a cordon is recorded
+    /// and shown but routes nothing: traffic routing arrives with the proxy.
     pub fn cordon_machine(
         &self,
         app: &str,
@@ -195,64 +217,5 @@ impl Agent {
         self.inner.store.set_cordoned(id, cordoned)?;
         self.inner.notify(id);
         Ok(())
-    }
-
-    /// The machine's config versions, newest first.
-    pub fn machine_versions(&self, app: &str, id: &str) -> Result<Vec<MachineVersion>, AgentError> {
-        self.machine_record(app, id)?;
-        Ok(self
-            .inner
-            .store
-            .versions(id)?
-            .into_iter()
-            .map(|v| MachineVersion {
-                version: v.instance_id,
-                user_config: v.config,
-            })
-            .collect())
-    }
-
-    /// The processes inside a started machine.
-    pub async fn machine_processes(
-        &self,
-        app: &str,
-        id: &str,
-        sort: PsSort,
-        descending: bool,
-    ) -> Result<Vec<ProcessStat>, AgentError> {
-        self.machine_record(app, id)?;
-        let guest = self.command(id, |reply| Command::Guest { reply }).await?;
-        let processes = guest
-            .ps()
-            .await
-            .map_err(|e| AgentError::Unavailable(format!("the machine did not answer: {e}")))?;
-        let mut stats: Vec<ProcessStat> = processes
-            .into_iter()
-            .map(|p| ProcessStat {
-                pid: p.pid,
-                command: p.command,
-                directory: p.cwd,
-                cpu: p.utime + p.stime,
-                rss: p.rss_bytes,
-                rtime: p.age_ms,
-                stime: p.stime,
-                listen_sockets: p
-                    .listening
-                    .into_iter()
-                    .map(|(proto, address)| ListenSocket { proto, address })
-                    .collect(),
-            })
-            .collect();
-        stats.sort_by(|a, b| match sort {
-            PsSort::Pid => a.pid.cmp(&b.pid),
-            PsSort::Cpu => a.cpu.cmp(&b.cpu),
-            PsSort::Rss => a.rss.cmp(&b.rss),
-            PsSort::Rtime => a.rtime.cmp(&b.rtime),
-            PsSort::Command => a.command.cmp(&b.command),
-        });
-        if descending {
-            stats.reverse();
-        }
-        Ok(stats)
     }
 }
